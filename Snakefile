@@ -1,0 +1,35 @@
+# bilora-bench: the whole benchmark as one DAG.
+#   data -> train(detector, training generator) -> score -> metrics -> tables, figures
+# With no flags the embedded default runs (workflow/config/default.yaml). A config that
+# names `run` is complete (--configfile workflow/config/paper.yaml); one that does not is
+# an overlay on the default. Either way it is validated against workflow/schemas/.
+from pathlib import Path
+
+from bilora import config as C
+from bilora import workflow as W
+
+_resolved = C.resolve(dict(config), Path(workflow.basedir) / "workflow/config/default.yaml")
+config.clear()
+config.update(_resolved)
+
+RES = W.results(config)
+ROOT = config["data"]["root"]
+ENV = "../../envs/bilora.yaml"  # relative to the rule files
+
+wildcard_constraints:
+    detector=W.regex(list(config["detectors"])),
+    generator=W.regex(config["generators"]["train"]),
+    dataset=W.regex(list(config["data"]["datasets"])),
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        W.tables(config),
+        W.figures(config),
+    default_target: True

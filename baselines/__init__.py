@@ -1,0 +1,1 @@
+"""Baseline detectors (timm ResNet50 / Xception) on the bilora detector interface."""

@@ -1,0 +1,89 @@
+"""ResNet50 / Xception baselines: a timm classifier with two outputs (real, fake).
+
+``timm.create_model(model_name, pretrained=..., num_classes=2, **model_kwargs)``;
+the embedded default passes in-family smaller kwargs (fewer blocks) and a small
+input size, and the tables name what ran.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bilora.detectors import Detector
+
+WEIGHTS = "model.safetensors"
+
+
+class TimmDetector(Detector):
+    """A timm image classifier trained with cross-entropy on real (0) / fake (1)."""
+
+    kind = "timm"
+
+    def __init__(self, cfg: dict[str, Any], model: torch.nn.Module):
+        super().__init__(cfg)
+        self.model = model
+        data_cfg = model.pretrained_cfg or {}
+        mean = data_cfg.get("mean", (0.485, 0.456, 0.406))
+        std = data_cfg.get("std", (0.229, 0.224, 0.225))
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    @staticmethod
+    def _create(cfg: dict[str, Any], pretrained: bool) -> torch.nn.Module:
+        import copy
+
+        import timm
+
+        # timm edits some kwargs in place (xception's block_cfg): keep the config pristine
+        kwargs = copy.deepcopy(cfg.get("model_kwargs") or {})
+        return timm.create_model(cfg["model_name"], pretrained=pretrained, num_classes=2,
+                                 **kwargs)
+
+    @classmethod
+    def build(cls, cfg: dict[str, Any], seed: int, base_dir: str | None = None) -> TimmDetector:
+        torch.manual_seed(seed)
+        return cls(cfg, cls._create(cfg, bool(cfg.get("pretrained", False))))
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, torch.float32) / 255.0
+        size = self.input_size
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False,
+                              antialias=True)
+        return (x - self.mean) / self.std
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(self.preprocess(images))
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.logits(images), labels.to(self.device).long())
+
+    @torch.no_grad()
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits(images).float().softmax(-1)[:, 1].cpu()
+
+    def save_weights(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()},
+                  str(folder / WEIGHTS))
+
+    @classmethod
+    def load_weights(cls, folder: Path, cfg: dict[str, Any]) -> TimmDetector:
+        from safetensors.torch import load_file
+
+        model = cls._create(cfg, pretrained=False)
+        model.load_state_dict(load_file(str(folder / WEIGHTS)))
+        return cls(cfg, model)
+
+    def describe(self) -> str:
+        if self.cfg.get("label"):
+            return self.cfg["label"]
+        kw = self.cfg.get("model_kwargs") or {}
+        extra = ", ".join(f"{k}={v}" for k, v in sorted(kw.items()))
+        pre = "pretrained" if self.cfg.get("pretrained") else "from scratch"
+        return f"{self.cfg['model_name']}({extra}) {self.input_size}px {pre}".replace("()", "")

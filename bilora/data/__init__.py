@@ -1,0 +1,1 @@
+"""Datasets: sources, canonical layout, manifests, loading and perturbations."""

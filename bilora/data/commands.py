@@ -1,0 +1,243 @@
+"""`bilora` subcommands for the real datasets: fetch, extract, rebuild, organize, check.
+
+Every command takes explicit arguments (the Snakemake rules pass config values; nothing
+here reads the config) and leaves a file written atomically that a rule can name as
+its output:
+
+=====================  ==========================================================
+fetch-zenodo           ``<dest>/fetch.done.json`` (and the lock file)
+extract                ``<dest>/.bilora-extract/<archive name>.done.json`` per archive,
+                       and ``--done PATH`` if given
+rebuild-lsun-real      ``<dest>/lsun_real.done.json``, copied to ``--done PATH`` if given
+organize               ``--out`` (the manifest) and ``rejects.csv`` beside it
+tree-digest            ``--out PATH`` if given (the digest; on a mismatch only with
+                       ``--warn-only``, then followed by ``MISMATCH``)
+=====================  ==========================================================
+
+A failing command prints one line naming the file, URL or key at fault and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+RICKER_GENERATORS = ("ADM", "DDPM", "Diff-ProjectedGAN", "Diff-StyleGAN2", "IDDPM", "LDM",
+                     "PNDM", "ProGAN", "ProjectedGAN", "StyleGAN")
+DIGEST_ALIASES = {"ricker-test": "test", "ricker-train": "train", "ricker-val": "val"}
+
+
+def _atomic_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _errors() -> tuple[type[Exception], ...]:
+    # imported here: `bilora --help` should not pay for pandas, PIL and urllib3
+    from bilora.data.archives import ExtractError
+    from bilora.data.fetch import FetchError
+    from bilora.data.integrity import IntegrityError
+    from bilora.data.lsun import LsunError
+    from bilora.data.manifest import ManifestError
+
+    return (FetchError, ExtractError, LsunError, ManifestError, IntegrityError,
+            FileNotFoundError)
+
+
+def _guard(name: str, fn: Callable[[argparse.Namespace], int]
+           ) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        errors = _errors()
+        try:
+            return fn(args)
+        except errors as exc:
+            raise SystemExit(f"bilora {name}: error: {exc}") from exc
+    return run
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from bilora.data.fetch import fetch_zenodo
+
+    paths = fetch_zenodo(args.base_url, args.record, args.lock, args.dest,
+                         archives_dir=args.archives_dir, patterns=args.files,
+                         retries=args.retries, backoff_factor=args.backoff_factor,
+                         verify_existing=args.verify_existing, progress=not args.quiet)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _archives_from_fetch(marker: str) -> list[str]:
+    """The zip/tar files listed in a fetch-zenodo marker (other files are skipped)."""
+    from bilora.data.archives import ExtractError, archive_kind
+
+    try:
+        files = json.loads(Path(marker).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ExtractError(f"cannot read the fetch marker {marker}: {exc}") from exc
+    out = []
+    for f in files:
+        try:
+            archive_kind(f["path"])
+        except ExtractError:
+            print(f"skipped (not a zip or tar archive): {f['path']}")
+            continue
+        out.append(f["path"])
+    return out
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from bilora.data.archives import ExtractError, extract_archive
+
+    archives = list(args.archive or [])
+    if args.from_fetch:
+        archives += _archives_from_fetch(args.from_fetch)
+    if not archives:
+        raise ExtractError("no archives to extract (give --archive or --from-fetch)")
+    done = []
+    for archive in archives:
+        extracted = extract_archive(archive, args.dest, force=args.force)
+        print(f"{'extracted' if extracted else 'already extracted'}: {archive}")
+        done.append(str(Path(archive).resolve()))
+    if args.done:
+        _atomic_text(args.done, json.dumps({"dest": str(Path(args.dest).resolve()),
+                                            "archives": done}, indent=1) + "\n")
+    return 0
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from bilora.data.lsun import rebuild_lsun_real
+
+    n = rebuild_lsun_real(args.lmdb, args.dest, args.generators, skip=args.skip,
+                          train_per_generator=args.train_per_generator,
+                          val_per_generator=args.val_per_generator, size=args.size,
+                          workers=args.workers, progress=not args.quiet)
+    print(f"wrote {n} PNGs under {args.dest}")
+    if args.done:
+        from bilora.data.lsun import DONE_NAME
+
+        _atomic_text(args.done, (Path(args.dest) / DONE_NAME).read_text())
+    return 0
+
+
+def _organize(args: argparse.Namespace) -> int:
+    from bilora.data.local_sources import organize, parse_split_map
+
+    df = organize(args.layout, args.source, args.dataset_dir, args.max_rejected_fraction,
+                  out=args.out, generator=args.generator,
+                  split_map=parse_split_map(args.split_map), generators=args.generators,
+                  splits=args.splits, progress=not args.quiet)
+    print(f"{len(df)} images in {args.out}")
+    return 0
+
+
+def _digest(args: argparse.Namespace) -> int:
+    from bilora.data.integrity import RICKER_DIGESTS, check_tree_digest, tree_digest
+
+    if not os.path.isdir(args.dir):
+        raise FileNotFoundError(f"not a folder: {args.dir}")
+    from bilora.data.integrity import IntegrityError
+
+    status = ""
+    if args.expect:
+        expect = RICKER_DIGESTS.get(DIGEST_ALIASES.get(args.expect, ""), args.expect)
+        try:
+            digest = check_tree_digest(args.dir, expect)
+        except IntegrityError as exc:
+            if not args.warn_only:
+                raise
+            print(f"bilora tree-digest: warning: {exc}", file=sys.stderr)
+            digest, status = tree_digest(args.dir), f"  MISMATCH expected {expect}"
+    else:
+        digest = tree_digest(args.dir)
+    print(f"{digest}  {args.dir}")
+    if args.out:
+        _atomic_text(args.out, digest + status + "\n")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the real-data subcommands to the `bilora` parser (each sets ``func``)."""
+    p = sub.add_parser("fetch-zenodo", help="download and verify a Zenodo record's files",
+                       description="Pin the record's listing in --lock (read once), then "
+                       "download each file into --dest (resumed, retried, md5-checked, "
+                       "atomic), or verify the files already in --archives-dir and link them.")
+    p.add_argument("--base-url", default="https://zenodo.org")
+    p.add_argument("--record", required=True, help="Zenodo record id, e.g. 7528113")
+    p.add_argument("--lock", required=True, help="lock file pinning names, sizes, md5, URLs")
+    p.add_argument("--dest", required=True, help="folder for the downloaded files")
+    p.add_argument("--archives-dir", help="folder already holding the files: verify, no download")
+    p.add_argument("--files", nargs="+", metavar="PATTERN", help="fnmatch patterns of files")
+    p.add_argument("--retries", type=int, default=5)
+    p.add_argument("--backoff-factor", type=float, default=1.0,
+                   help="seconds; waits grow as factor * 2**n")
+    p.add_argument("--verify-existing", action="store_true",
+                   help="re-hash files already under their final name")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_guard("fetch-zenodo", _fetch))
+
+    p = sub.add_parser("extract", help="safely extract zip/tar archives into a folder")
+    p.add_argument("--archive", nargs="+", help="archive files")
+    p.add_argument("--from-fetch", metavar="FETCH_DONE_JSON",
+                   help="also extract the zip/tar files a fetch-zenodo marker lists")
+    p.add_argument("--dest", required=True)
+    p.add_argument("--force", action="store_true", help="extract even if marked done")
+    p.add_argument("--done", help="marker file to write when all archives are extracted")
+    p.set_defaults(func=_guard("extract", _extract))
+
+    p = sub.add_parser("rebuild-lsun-real",
+                       help="rebuild Ricker et al.'s real train/val halves from the LSUN LMDB")
+    p.add_argument("--lmdb", required=True, help="LSUN bedroom_train_lmdb folder")
+    p.add_argument("--dest", required=True,
+                   help="the diffusion_model_deepfakes_lsun_bedroom folder")
+    p.add_argument("--skip", type=int, default=10_000)
+    p.add_argument("--train-per-generator", type=int, default=39_000)
+    p.add_argument("--val-per-generator", type=int, default=1_000)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--generators", nargs="+", default=list(RICKER_GENERATORS),
+                   help="in the order the records are handed out")
+    p.add_argument("--workers", type=int, default=1, help="processes encoding PNGs")
+    p.add_argument("--done", help="also copy the completion marker to this path")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_guard("rebuild-lsun-real", _rebuild))
+
+    p = sub.add_parser("organize", help="map a folder onto the canonical layout: the manifest")
+    p.add_argument("--layout", required=True, choices=["ricker", "canonical", "genimage"])
+    p.add_argument("--source", required=True)
+    p.add_argument("--dataset-dir", required=True,
+                   help="manifest paths are relative to it when inside it")
+    p.add_argument("--generator", help="generator name (genimage; one-generator canonical)")
+    p.add_argument("--split-map", help="source=target pairs, e.g. train=train,val=test")
+    p.add_argument("--generators", nargs="+", help="generators to include (ricker: required)")
+    p.add_argument("--splits", nargs="+", help="ricker splits to include (default all)")
+    p.add_argument("--max-rejected-fraction", type=float, required=True)
+    p.add_argument("--out", required=True, help="manifest parquet to write")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_guard("organize", _organize))
+
+    p = sub.add_parser("tree-digest", help="Ricker et al.'s folder digest (LC_ALL=C order)")
+    p.add_argument("dir")
+    p.add_argument("--expect", help="hex digest, or ricker-test / ricker-train / ricker-val")
+    p.add_argument("--out", help="file to write the digest to when it matches")
+    p.add_argument("--warn-only", action="store_true",
+                   help="on mismatch warn, exit 0, and write the digest marked MISMATCH")
+    p.set_defaults(func=_guard("tree-digest", _digest))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one of these subcommands alone: ``python -m bilora.data.commands ...``."""
+    parser = argparse.ArgumentParser(prog="bilora")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,435 @@
+"""Fetch a Zenodo record's files: pinned, resumable, retried, verified, atomic.
+
+1. The record's file listing is read once from Zenodo's REST API
+   (``{base_url}/api/records/{record}``: ``files[].key``, ``.size``, ``.checksum``
+   as ``md5:<hex>``, ``.links.self``) and pinned in a JSON lock file. While the lock
+   file exists the listing is never read again.
+2. Each file is downloaded to ``<dest>/<key>.part``. A cut transfer resumes with an
+   HTTP ``Range`` request (also on the next run); a server that ignores ``Range``
+   (answers 200) makes a clean restart. Connection errors, 5xx and 429 are retried
+   with exponential backoff by ``urllib3.util.Retry``, which honours ``Retry-After``;
+   a transfer cut after the headers is resumed by this module with the same backoff.
+3. The free disk space is checked before the first byte is written.
+4. The md5 is checked; only then is the file renamed to its final name with
+   ``os.replace``. A wrong checksum removes the ``.part`` file (the next run starts
+   over) and raises :class:`FetchError`. Nothing ever sits under a final name unverified.
+
+A user who already has the archives passes ``archives_dir``: they are checked against
+the lock file (size and md5), linked into ``dest``, and nothing is downloaded.
+
+urllib3 brings the transport, connection pooling and the retry policy; Range resume,
+md5, the atomic rename and the disk check are written here (pooch and zenodo_get do
+not resume a cut download with Range, or not with a pinned lock file).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import inspect
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import urllib3
+from urllib3.exceptions import HTTPError, MaxRetryError, ProtocolError, ReadTimeoutError
+from urllib3.util import Retry, Timeout
+
+LOCK_VERSION = 1
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+DONE_NAME = "fetch.done.json"
+_MD5 = re.compile(r"^[0-9a-f]{32}$")
+
+
+class FetchError(RuntimeError):
+    """A file could not be fetched or verified; the message names the file and URL."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a record, as pinned in the lock file."""
+
+    key: str
+    size: int
+    md5: str
+    url: str
+
+
+def listing_url(base_url: str, record: str | int) -> str:
+    """The REST API address of a Zenodo record."""
+    return f"{base_url.rstrip('/')}/api/records/{record}"
+
+
+def make_pool(retries: int = 5, backoff_factor: float = 1.0, backoff_max: float = 120.0,
+              retry_after_max: float = 600.0, connect_timeout: float = 30.0,
+              read_timeout: float = 120.0) -> urllib3.PoolManager:
+    """A PoolManager retrying connection errors, 5xx and 429 (honouring Retry-After)."""
+    kwargs = {}
+    if "retry_after_max" in inspect.signature(Retry.__init__).parameters:  # urllib3 >= 2.6
+        kwargs["retry_after_max"] = int(retry_after_max)
+    retry = Retry(
+        total=None, connect=retries, read=retries, status=retries, other=retries, redirect=10,
+        allowed_methods=["GET", "HEAD"], status_forcelist=RETRY_STATUSES,
+        backoff_factor=backoff_factor, backoff_max=backoff_max,
+        respect_retry_after_header=True, raise_on_status=True, **kwargs,
+    )
+    return urllib3.PoolManager(retries=retry,
+                               timeout=Timeout(connect=connect_timeout, read=read_timeout))
+
+
+def _check_key(key: object, where: str) -> str:
+    if not isinstance(key, str) or not key or key in (".", "..") or "/" in key or "\\" in key:
+        raise FetchError(f"{where}: file key {key!r} is not a plain file name")
+    return key
+
+
+def parse_listing(data: object, source: str) -> list[RemoteFile]:
+    """Turn a Zenodo record JSON into RemoteFiles; FetchError names ``source`` and the fault.
+
+    ``source`` says where the JSON came from, e.g. ``"Zenodo listing at <url>"``.
+    """
+    if not isinstance(data, dict):
+        raise FetchError(f"malformed {source}: expected a JSON object")
+    files = data.get("files")
+    if not isinstance(files, list) or not files:
+        raise FetchError(f"malformed {source}: no 'files' list (is the record public and "
+                         "its id right?)")
+    out = []
+    for i, f in enumerate(files):
+        where = f"malformed {source}: files[{i}]"
+        if not isinstance(f, dict):
+            raise FetchError(f"{where} is not an object")
+        key = _check_key(f.get("key"), where)
+        size, checksum = f.get("size"), f.get("checksum")
+        link = (f.get("links") or {}).get("self") if isinstance(f.get("links"), dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise FetchError(f"{where} ({key}): 'size' is {size!r}, not a byte count")
+        if not isinstance(checksum, str) or not checksum.startswith("md5:") \
+                or not _MD5.match(checksum[4:].lower()):
+            raise FetchError(f"{where} ({key}): 'checksum' is {checksum!r}, not 'md5:<hex>'")
+        if not isinstance(link, str) or not link.startswith(("http://", "https://")):
+            raise FetchError(f"{where} ({key}): 'links.self' is {link!r}, not a URL")
+        out.append(RemoteFile(key, size, checksum[4:].lower(), link))
+    return out
+
+
+def read_listing(http: urllib3.PoolManager, base_url: str, record: str | int) -> list[RemoteFile]:
+    """Read a record's file listing from the Zenodo REST API."""
+    url = listing_url(base_url, record)
+    try:
+        resp = http.request("GET", url, headers={"Accept": "application/json"})
+    except (MaxRetryError, HTTPError) as exc:
+        raise FetchError(f"could not read the Zenodo listing {url}: {exc}") from exc
+    if resp.status != 200:
+        raise FetchError(f"could not read the Zenodo listing {url}: HTTP {resp.status}")
+    try:
+        data = json.loads(resp.data)
+    except ValueError as exc:
+        raise FetchError(f"malformed Zenodo listing at {url}: not JSON ({exc})") from exc
+    return parse_listing(data, f"Zenodo listing at {url}")
+
+
+def write_lock(path: str | os.PathLike, base_url: str, record: str | int,
+               files: Sequence[RemoteFile]) -> None:
+    """Pin a listing in a JSON lock file (written atomically)."""
+    path = Path(path)
+    doc = {
+        "version": LOCK_VERSION,
+        "base_url": base_url.rstrip("/"),
+        "record": str(record),
+        "listing_url": listing_url(base_url, record),
+        "pinned_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "files": [asdict(f) for f in files],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def read_lock(path: str | os.PathLike, base_url: str | None = None,
+              record: str | int | None = None) -> list[RemoteFile]:
+    """Read a lock file; it must be for the given record (and base URL) when those are given."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError as exc:
+        raise FetchError(f"lock file {path} is not valid JSON ({exc}); delete it to re-pin "
+                         "the listing") from exc
+    except OSError as exc:
+        raise FetchError(f"cannot read lock file {path}: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("version") != LOCK_VERSION:
+        raise FetchError(f"lock file {path} is not a version-{LOCK_VERSION} bilora lock file")
+    if record is not None and str(doc.get("record")) != str(record):
+        raise FetchError(f"lock file {path} pins record {doc.get('record')}, not {record}; "
+                         "delete it to re-pin")
+    if base_url is not None and doc.get("base_url") != base_url.rstrip("/"):
+        raise FetchError(f"lock file {path} was pinned from {doc.get('base_url')}, not "
+                         f"{base_url.rstrip('/')}; delete it to re-pin")
+    files = doc.get("files")
+    if not isinstance(files, list) or not files:
+        raise FetchError(f"lock file {path} has no 'files' list; delete it to re-pin")
+    out = []
+    for i, f in enumerate(files):
+        where = f"lock file {path}: files[{i}]"
+        if not isinstance(f, dict):
+            raise FetchError(f"{where} is not an object")
+        key, size, md5, url = (f.get(k) for k in ("key", "size", "md5", "url"))
+        _check_key(key, where)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise FetchError(f"{where} ({key}): 'size' is {size!r}, not a byte count")
+        if not isinstance(md5, str) or not _MD5.match(md5):
+            raise FetchError(f"{where} ({key}): 'md5' is {md5!r}, not 32 hex digits")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise FetchError(f"{where} ({key}): 'url' is {url!r}, not a URL")
+        out.append(RemoteFile(key, size, md5, url))
+    return out
+
+
+def ensure_lock(lock: str | os.PathLike, base_url: str, record: str | int,
+                http: urllib3.PoolManager) -> list[RemoteFile]:
+    """The pinned files: from the lock file if it exists, else read from Zenodo and pinned."""
+    lock = Path(lock)
+    if lock.exists():
+        return read_lock(lock, base_url, record)
+    try:
+        files = read_listing(http, base_url, record)
+    except FetchError as exc:
+        raise FetchError(
+            f"{exc}\nThere is no lock file at {lock}, so the listing is needed. Without "
+            f"network access, put a lock file pinned elsewhere at {lock} (with the archives "
+            "in archives_dir) and nothing will be downloaded.") from exc
+    write_lock(lock, base_url, record, files)
+    return files
+
+
+def select(files: Sequence[RemoteFile], patterns: Sequence[str] | None) -> list[RemoteFile]:
+    """Files whose key matches any fnmatch pattern (all when none given)."""
+    if not patterns:
+        return list(files)
+    for pat in patterns:
+        if not any(fnmatch.fnmatchcase(f.key, pat) for f in files):
+            raise FetchError(f"pattern {pat!r} matches no file of the record; files: "
+                             f"{', '.join(f.key for f in files)}")
+    return [f for f in files if any(fnmatch.fnmatchcase(f.key, p) for p in patterns)]
+
+
+def md5_of_file(path: str | os.PathLike, progress: bool = False, chunk: int = 1 << 20) -> str:
+    """Hex md5 of a file's bytes."""
+    from tqdm import tqdm
+
+    path = Path(path)
+    digest = hashlib.md5()
+    with open(path, "rb") as fh, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
+                                      desc=f"md5 {path.name}", disable=not progress) as bar:
+        while block := fh.read(chunk):
+            digest.update(block)
+            bar.update(len(block))
+    return digest.hexdigest()
+
+
+def check_disk(dest: str | os.PathLike, needed: int) -> None:
+    """Raise FetchError if ``dest``'s file system has less than ``needed`` bytes free."""
+    free = shutil.disk_usage(dest).free
+    if needed > free:
+        raise FetchError(f"not enough free disk space in {dest}: {needed} bytes needed, "
+                         f"{free} bytes free")
+
+
+def _part(dest: Path, f: RemoteFile) -> Path:
+    return dest / f"{f.key}.part"
+
+
+def _content_range_start(value: str | None) -> int | None:
+    m = re.match(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)", value or "")
+    return int(m.group(1)) if m else None
+
+
+def _transfer(http: urllib3.PoolManager, f: RemoteFile, part: Path, chunk: int,
+              progress: bool) -> None:
+    """One HTTP request writing (or appending) to ``part``; raises on a cut transfer."""
+    from tqdm import tqdm
+
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Accept-Encoding": "identity"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    try:
+        resp = http.request("GET", f.url, headers=headers, preload_content=False)
+    except MaxRetryError as exc:
+        raise FetchError(f"download of {f.key} from {f.url} failed after retries: "
+                         f"{exc.reason}") from exc
+    try:
+        if resp.status == 416:  # our offset is past the end: start over
+            part.unlink(missing_ok=True)
+            raise _Restart()
+        if resp.status == 200:
+            mode, have = "wb", 0  # no Range asked, or the server ignored it: clean restart
+        elif resp.status == 206 and have and _content_range_start(
+                resp.headers.get("Content-Range")) == have:
+            mode = "ab"
+        elif resp.status == 206:  # a range we did not ask for
+            part.unlink(missing_ok=True)
+            raise _Restart()
+        else:
+            raise FetchError(f"download of {f.key} from {f.url} failed: HTTP {resp.status}"
+                             f"{' (not found)' if resp.status == 404 else ''}")
+        try:
+            with open(part, mode) as out, tqdm(total=f.size, initial=have, unit="B",
+                                               unit_scale=True, desc=f.key,
+                                               disable=not progress) as bar:
+                for block in resp.stream(chunk, decode_content=False):
+                    out.write(block)
+                    have += len(block)
+                    bar.update(len(block))
+                    if have > f.size:
+                        break
+        except OSError as exc:  # the local side: disk full, permissions
+            raise FetchError(f"cannot write {part} (downloading {f.key} from {f.url}): "
+                             f"{exc}") from exc
+    finally:
+        resp.release_conn()
+
+
+class _Restart(Exception):
+    pass
+
+
+def download(http: urllib3.PoolManager, f: RemoteFile, dest: str | os.PathLike,
+             retries: int = 5, backoff_factor: float = 1.0, backoff_max: float = 120.0,
+             chunk: int = 1 << 20, progress: bool = True) -> Path:
+    """Download one file to ``dest/<key>``, resuming ``.part``; verify size and md5, then rename.
+
+    Transfers cut after the response headers are resumed up to ``retries`` times in this
+    call (with exponential backoff); the ``.part`` file stays for the next run otherwise.
+    """
+    dest = Path(dest)
+    final, part = dest / f.key, _part(dest, f)
+    cuts = restarts = 0
+    while True:
+        if part.exists() and part.stat().st_size > f.size:
+            part.unlink()
+        if part.exists() and part.stat().st_size == f.size:
+            break  # complete from an earlier run; verified below
+        try:
+            _transfer(http, f, part, chunk, progress)
+        except _Restart:
+            restarts += 1
+            if restarts > 2:
+                raise FetchError(f"download of {f.key} from {f.url}: the server keeps "
+                                 "answering ranges that do not fit the partial file") from None
+            continue
+        except (ProtocolError, ReadTimeoutError) as exc:
+            cuts += 1
+            if cuts > retries:
+                have = part.stat().st_size if part.exists() else 0
+                raise FetchError(
+                    f"download of {f.key} from {f.url} was cut {cuts} times ({exc}); "
+                    f"{have} of {f.size} bytes kept in {part}, run again to resume") from exc
+            time.sleep(min(backoff_max, backoff_factor * 2 ** (cuts - 1)))
+            continue
+        else:
+            have = part.stat().st_size if part.exists() else 0
+            if have == f.size:
+                break
+            if have > f.size:
+                part.unlink()
+                raise FetchError(f"download of {f.key} from {f.url} sent more than the "
+                                 f"{f.size} bytes the lock file pins; the partial file was "
+                                 "removed")
+            cuts += 1  # ended early without an error: resume
+        if cuts > retries:
+            raise FetchError(f"download of {f.key} from {f.url} did not complete after "
+                             f"{cuts} tries; partial data kept in {part}, run again to resume")
+    got = md5_of_file(part, progress=progress)
+    if got != f.md5:
+        part.unlink()
+        raise FetchError(f"checksum mismatch for {f.key} from {f.url}: md5 {got}, expected "
+                         f"{f.md5}; the download was removed, run again to start over")
+    os.replace(part, final)
+    return final
+
+
+def verify_local(f: RemoteFile, path: str | os.PathLike, progress: bool = True) -> Path:
+    """Check a file the user already has against the lock (size, then md5)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FetchError(f"{f.key} not found at {path} (pinned in the lock file; "
+                         f"download from {f.url})")
+    size = path.stat().st_size
+    if size != f.size:
+        raise FetchError(f"{path} has {size} bytes, the lock file pins {f.size} for {f.key}")
+    got = md5_of_file(path, progress=progress)
+    if got != f.md5:
+        raise FetchError(f"checksum mismatch for {path}: md5 {got}, the lock file pins {f.md5} "
+                         f"for {f.key}")
+    return path
+
+
+def _link(src: Path, link: Path) -> None:
+    tmp = link.with_name(link.name + ".link-tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(src.resolve(), tmp)
+    os.replace(tmp, link)
+
+
+def _write_done(path: Path, entries: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"files": entries}, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def fetch_zenodo(base_url: str, record: str | int, lock: str | os.PathLike,
+                 dest: str | os.PathLike, archives_dir: str | os.PathLike | None = None,
+                 patterns: Sequence[str] | None = None, retries: int = 5,
+                 backoff_factor: float = 1.0, backoff_max: float = 120.0,
+                 retry_after_max: float = 600.0, verify_existing: bool = False,
+                 chunk: int = 1 << 20, progress: bool = True,
+                 http: urllib3.PoolManager | None = None) -> list[Path]:
+    """Fetch (or, with ``archives_dir``, verify) a Zenodo record's files into ``dest``.
+
+    Returns the paths in ``dest`` and writes ``dest/fetch.done.json`` listing them.
+    Files already under their final name (placed there only after verification) are
+    trusted unless ``verify_existing``.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    http = http or make_pool(retries, backoff_factor, backoff_max, retry_after_max)
+    files = select(ensure_lock(lock, base_url, record, http), patterns)
+    paths: list[Path] = []
+    if archives_dir is not None:
+        archives_dir = Path(archives_dir)
+        for f in files:
+            src = verify_local(f, archives_dir / f.key, progress=progress)
+            target = dest / f.key
+            if target.resolve() != src.resolve():
+                _link(src, target)
+            paths.append(target)
+    else:
+        todo = []
+        for f in files:
+            final = dest / f.key
+            if final.exists():
+                if final.stat().st_size != f.size:
+                    raise FetchError(f"{final} exists with {final.stat().st_size} bytes, the "
+                                     f"lock file pins {f.size}; remove it to download again")
+                if verify_existing:
+                    verify_local(f, final, progress=progress)
+            else:
+                todo.append(f)
+        part_sizes = [min(_part(dest, f).stat().st_size, f.size) if _part(dest, f).exists()
+                      else 0 for f in todo]
+        check_disk(dest, sum(f.size for f in todo) - sum(part_sizes))
+        for f in todo:
+            download(http, f, dest, retries=retries, backoff_factor=backoff_factor,
+                     backoff_max=backoff_max, chunk=chunk, progress=progress)
+        paths = [dest / f.key for f in files]
+    _write_done(dest / DONE_NAME, [{"key": f.key, "size": f.size, "md5": f.md5,
+                                    "path": str(p)} for f, p in zip(files, paths, strict=True)])
+    return paths

@@ -1,0 +1,185 @@
+"""The Bi-LoRA detector: BLIP-2 fine-tuned with LoRA to caption an image ``real`` or ``fake``.
+
+Training input: ``[<image>] * num_query_tokens + [BOS] + [word]``; the loss is the
+language-model cross-entropy on the caption word only (image positions and BOS
+carry label -100). ``P(fake)`` comes from one batched forward over the prompt
+``[<image>] * num_query_tokens + [BOS]``: the logits of the two caption words at
+the last position, softmaxed. The paper's readout, greedy generation of one token,
+is the ``generate`` mode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bilora.detectors import Detector
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def lora_config(cfg: dict[str, Any]):
+    """The ``peft.LoraConfig`` of a Bi-LoRA config section (every field stated)."""
+    from peft import LoraConfig
+
+    lora = cfg["lora"]
+    return LoraConfig(
+        r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+        target_modules=list(lora["target_modules"]), bias=lora["bias"],
+        modules_to_save=list(cfg.get("extra_trainable") or []) or None,
+    )
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16,
+            "float16": torch.float16}[name]
+
+
+def base_model_path(cfg: dict[str, Any], base_dir: str | None) -> str:
+    """Where the BLIP-2 base comes from: a built tiny base folder, or a hub id / local path."""
+    base = cfg["base_model"]
+    if base["source"] == "tiny":
+        if not base_dir:
+            raise ValueError("Bi-LoRA with base_model.source 'tiny' needs the built base folder "
+                             "(bilora build-base) passed as --base")
+        return str(base_dir)
+    return base["name_or_path"]
+
+
+class BiLoRADetector(Detector):
+    """BLIP-2 (``Blip2ForConditionalGeneration``) wrapped by PEFT LoRA."""
+
+    kind = "bilora"
+
+    def __init__(self, cfg: dict[str, Any], model, processor, base_path: str):
+        super().__init__(cfg)
+        self.model = model
+        self.processor = processor
+        self.base_path = base_path
+        tok = processor.tokenizer
+        conf = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+        if conf.image_token_index is None:
+            conf.image_token_index = tok.convert_tokens_to_ids(processor.image_token.content)
+        self.word_ids = []
+        for name in ("real", "fake"):
+            word = cfg["captions"][name]
+            ids = tok(word, add_special_tokens=False).input_ids
+            if len(ids) != 1:
+                raise ValueError(f"caption word {word!r} (captions.{name}) is {len(ids)} tokens "
+                                 f"for the tokenizer of {base_path}; it must be exactly one")
+            self.word_ids.append(ids[0])
+        bos = tok.bos_token_id
+        if bos is None:
+            raise ValueError(f"the tokenizer of {base_path} has no BOS token")
+        prompt = [conf.image_token_index] * conf.num_query_tokens + [bos]
+        self.register_buffer("prompt_ids", torch.tensor(prompt), persistent=False)
+
+    @property
+    def input_size(self) -> int:
+        size = self.processor.image_processor.size
+        return int(size.get("height") or size.get("shortest_edge"))
+
+    # -- construction -------------------------------------------------------
+    @staticmethod
+    def _load_base(path: str, cfg: dict[str, Any]):
+        from transformers import AutoProcessor, Blip2ForConditionalGeneration
+
+        model = Blip2ForConditionalGeneration.from_pretrained(path, dtype=torch_dtype(cfg["dtype"]))
+        processor = AutoProcessor.from_pretrained(path)
+        return model, processor
+
+    @classmethod
+    def build(cls, cfg: dict[str, Any], seed: int, base_dir: str | None = None) -> BiLoRADetector:
+        from peft import get_peft_model
+
+        path = base_model_path(cfg, base_dir)
+        model, processor = cls._load_base(path, cfg)
+        torch.manual_seed(seed)
+        model = get_peft_model(model, lora_config(cfg))
+        return cls(cfg, model, processor, path)
+
+    def save_weights(self, folder: Path) -> None:
+        self.model.save_pretrained(folder)
+        self.processor.save_pretrained(folder)
+
+    @classmethod
+    def load_weights(cls, folder: Path, cfg: dict[str, Any]) -> BiLoRADetector:
+        import json
+
+        from peft import PeftModel
+
+        base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+        model, _ = cls._load_base(base, cfg)
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(folder)
+        model = PeftModel.from_pretrained(model, folder)
+        return cls(cfg, model, processor, base)
+
+    # -- the interface ------------------------------------------------------
+    def frozen_submodules(self) -> list[torch.nn.Module]:
+        base = self.model.get_base_model()
+        extra = set(self.cfg.get("extra_trainable") or [])
+        return [getattr(base, n) for n in ("vision_model", "qformer") if n not in extra]
+
+    def pixel_values(self, images: torch.Tensor) -> torch.Tensor:
+        pv = self.processor.image_processor(images=images, return_tensors="pt").pixel_values
+        return pv.to(self.device, torch_dtype(self.cfg["dtype"]))
+
+    def _prompt(self, n: int) -> torch.Tensor:
+        return self.prompt_ids.to(self.device).unsqueeze(0).expand(n, -1)
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        n = images.shape[0]
+        words = torch.tensor(self.word_ids, device=self.device)[labels.to(self.device).long()]
+        input_ids = torch.cat([self._prompt(n), words[:, None]], 1)
+        target = torch.full_like(input_ids, -100)
+        target[:, -1] = words
+        out = self.model(pixel_values=self.pixel_values(images), input_ids=input_ids,
+                         attention_mask=torch.ones_like(input_ids), labels=target)
+        return out.loss
+
+    @torch.no_grad()
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        if self.cfg["readout"] == "generate":
+            labels = self.generate_labels(images).float()
+            labels[labels < 0] = float("nan")  # unmapped token: no label (the paper's rule)
+            return labels
+        ids = self._prompt(images.shape[0])
+        out = self.model(pixel_values=self.pixel_values(images), input_ids=ids,
+                         attention_mask=torch.ones_like(ids))
+        two = out.logits[:, -1, self.word_ids].float()
+        return two.softmax(-1)[:, 1].cpu()
+
+    @torch.no_grad()
+    def generate_labels(self, images: torch.Tensor) -> torch.Tensor:
+        """The paper's readout: greedy generation of one token; fake 1, real 0, other -1."""
+        ids = self._prompt(images.shape[0])
+        out = self.model.generate(pixel_values=self.pixel_values(images), input_ids=ids,
+                                  attention_mask=torch.ones_like(ids), max_new_tokens=1,
+                                  do_sample=False)
+        tok = out[:, -1].cpu()
+        labels = torch.full_like(tok, -1)
+        labels[tok == self.word_ids[0]] = 0
+        labels[tok == self.word_ids[1]] = 1
+        return labels
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(state) - {n for n, _ in self.model.named_parameters()}
+        if missing:
+            raise KeyError(f"checkpoint has parameters this model lacks: {sorted(missing)[:5]}")
+        self.model.load_state_dict(state, strict=False)
+
+    def lora_module_names(self) -> list[str]:
+        """Names of every module that carries a LoRA adapter."""
+        from peft.tuners.lora import LoraLayer
+
+        return [n for n, m in self.model.named_modules() if isinstance(m, LoraLayer)]
+
+    def describe(self) -> str:
+        return self.cfg.get("label") or f"Bi-LoRA ({self.base_path})"

@@ -1,0 +1,154 @@
+"""The one detector interface, and a lazy registry of detector kinds.
+
+Every detector, Bi-LoRA or baseline, is built from its config section, trained by
+the shared loop from ``loss(images, labels)``, saved to and loaded from a folder,
+and asked for ``predict_proba(images)``: P(fake) for a batch of uint8 NCHW images.
+Evaluation, metrics and reports only ever see this interface.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+from abc import ABCMeta, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+DETECTOR_FILE = "detector.json"
+
+# kind -> "module:Class", imported only when a detector of that kind is used.
+KINDS: dict[str, str] = {
+    "bilora": "bilora.detector:BiLoRADetector",
+    "timm": "baselines.timm_detector:TimmDetector",
+    "dummy": "bilora.dummy:DummyDetector",
+}
+
+
+class Detector(nn.Module, metaclass=ABCMeta):
+    """Base class: a binary real/fake detector on uint8 NCHW image batches."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, cfg: dict[str, Any]):
+        super().__init__()
+        self.cfg = cfg
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square images the detector wants from the data loader."""
+        return int(self.cfg["image_size"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- to implement -------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def build(cls, cfg: dict[str, Any], seed: int, base_dir: str | None = None) -> Detector:
+        """A fresh, untrained detector from its config section."""
+
+    @abstractmethod
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Training loss on a batch (uint8 NCHW images, labels 0 real / 1 fake)."""
+
+    @abstractmethod
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        """P(fake) for a batch of uint8 NCHW images, a float tensor in [0, 1]."""
+
+    @abstractmethod
+    def save_weights(self, folder: Path) -> None:
+        """Write the trained weights into ``folder`` (detector.json is written for you)."""
+
+    @classmethod
+    @abstractmethod
+    def load_weights(cls, folder: Path, cfg: dict[str, Any]) -> Detector:
+        """Rebuild a trained detector from what ``save_weights`` wrote."""
+
+    # -- shared -------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """Everything training changes (parameters and running statistics)."""
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(state, strict=False)
+
+    def frozen_submodules(self) -> list[nn.Module]:
+        """Submodules kept in eval mode during training (frozen, no dropout)."""
+        return []
+
+    def train(self, mode: bool = True) -> Detector:
+        super().train(mode)
+        if mode:
+            for m in self.frozen_submodules():
+                m.eval()
+        return self
+
+    def parameter_counts(self) -> dict[str, int]:
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.trainable_parameters())
+        return {"total": total, "trainable": trainable}
+
+    def describe(self) -> str:
+        """A name for tables: what actually ran."""
+        return self.cfg.get("label") or self.kind
+
+
+def detector_class(kind: str) -> type[Detector]:
+    """The class registered for ``kind``; the error lists the known kinds."""
+    if kind not in KINDS:
+        raise KeyError(f"unknown detector kind {kind!r}; known kinds: {', '.join(sorted(KINDS))}")
+    module, name = KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def create_detector(cfg: dict[str, Any], seed: int, base_dir: str | None = None) -> Detector:
+    """Build an untrained detector from its config section (``cfg['kind']`` picks the class)."""
+    return detector_class(cfg["kind"]).build(cfg, seed=seed, base_dir=base_dir)
+
+
+def save_detector(detector: Detector, folder: str | os.PathLike,
+                  provenance: dict[str, Any] | None = None) -> Path:
+    """Save atomically: write into ``<folder>.tmp``, then rename onto ``folder``."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    detector.save_weights(tmp)
+    meta = {"kind": detector.kind, "config": detector.cfg, "describe": detector.describe(),
+            "parameters": detector.parameter_counts(), "provenance": provenance or {}}
+    (tmp / DETECTOR_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def read_detector_meta(folder: str | os.PathLike) -> dict[str, Any]:
+    path = Path(folder) / DETECTOR_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {folder} is not a saved detector folder")
+    return json.loads(path.read_text())
+
+
+def load_detector(folder: str | os.PathLike, device: str = "cpu") -> Detector:
+    """Load a trained detector of any kind from its folder, in eval mode."""
+    meta = read_detector_meta(folder)
+    det = detector_class(meta["kind"]).load_weights(Path(folder), meta["config"])
+    return det.to(resolve_device(device)).eval()
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` is CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

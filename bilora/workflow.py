@@ -1,0 +1,165 @@
+"""Input functions and paths for the Snakemake rules (no torch: cheap at DAG build).
+
+The Snakefile and rule files hold no function definitions (``snakemake --lint``);
+they call these.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from typing import Any
+
+from bilora import config as C
+
+RICKER_SPLITS = ("train", "val", "test")
+
+
+def results(cfg: dict[str, Any]) -> str:
+    return f"results/{cfg['run']}"
+
+
+def regex(names: list[str]) -> str:
+    """A wildcard constraint matching exactly ``names`` (never matches if empty)."""
+    return "|".join(re.escape(n) for n in names) if names else "(?!x)x"
+
+
+def datasets_by_source(cfg: dict[str, Any], source: str) -> list[str]:
+    return [n for n, ds in cfg["data"]["datasets"].items() if ds["source"] == source]
+
+
+def json_param(obj: Any) -> str:
+    """A config slice as a rule param: canonical JSON, so equal slices compare equal."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def dataset_dir(cfg: dict[str, Any], dataset: str) -> str:
+    return f"{cfg['data']['root']}/{dataset}"
+
+
+def manifest(cfg: dict[str, Any], dataset: str) -> str:
+    return f"{dataset_dir(cfg, dataset)}/manifest.parquet"
+
+
+def manifests_for(cfg: dict[str, Any], generators: list[str]) -> list[str]:
+    """Manifests of the datasets holding ``generators`` (each listed once, in order)."""
+    return list(dict.fromkeys(manifest(cfg, C.dataset_of(cfg, g)) for g in generators))
+
+
+def cell(cfg: dict[str, Any], detector: str, generator: str) -> str:
+    return f"{results(cfg)}/{detector}/train={generator}"
+
+
+def base_model_dir(cfg: dict[str, Any], detector: str) -> list[str]:
+    """The built base a detector trains from: a tiny BLIP-2 folder, or nothing."""
+    det = cfg["detectors"][detector]
+    if det["kind"] == "bilora" and det["base_model"]["source"] == "tiny":
+        return [f"{results(cfg)}/{detector}/base"]
+    return []
+
+
+def scores(cfg: dict[str, Any]) -> list[str]:
+    return [f"{cell(cfg, d, g)}/scores.parquet" for d in cfg["detectors"]
+            for g in cfg["generators"]["train"]]
+
+
+TABLES = ("detectors", "robustness")
+FIGURES = ("robustness",)
+
+
+def tables(cfg: dict[str, Any]) -> list[str]:
+    names = [f"accuracy_matrix_{d}" for d in cfg["detectors"]] + list(TABLES)
+    return [f"{results(cfg)}/tables/{n}.{ext}" for n in names for ext in ("csv", "md", "tex")]
+
+
+def figures(cfg: dict[str, Any]) -> list[str]:
+    names = [f"heatmap_{d}" for d in cfg["detectors"]] + list(FIGURES)
+    return [f"{results(cfg)}/figures/{n}.{ext}" for n in names for ext in ("png", "pdf")]
+
+
+def gpu(cfg: dict[str, Any]) -> int:
+    """GPUs a model job asks for (``--resources gpu=N`` caps how many run at once)."""
+    return 0 if cfg["device"] == "cpu" else 1
+
+
+# -- real datasets ------------------------------------------------------------------------
+
+def raw_dir(cfg: dict[str, Any], dataset: str) -> str:
+    ds = cfg["data"]["datasets"][dataset]
+    return f"{dataset_dir(cfg, dataset)}/raw/{ds['root_name']}"
+
+
+def ricker_splits(cfg: dict[str, Any], dataset: str) -> list[str]:
+    return list(cfg["data"]["datasets"][dataset].get("splits") or RICKER_SPLITS)
+
+
+def fetch_args(cfg: dict[str, Any], dataset: str) -> str:
+    ds = cfg["data"]["datasets"][dataset]
+    z = ds["zenodo"]
+    lock = z.get("lock") or f"{dataset_dir(cfg, dataset)}/zenodo-{z['record']}.lock.json"
+    args = ["--base-url", z["base_url"], "--record", z["record"], "--lock", lock,
+            "--dest", f"{dataset_dir(cfg, dataset)}/archives", "--retries",
+            str(z.get("retries", 5))]
+    if z.get("files"):
+        args += ["--files", *z["files"]]
+    if ds.get("archives_dir"):
+        args += ["--archives-dir", ds["archives_dir"]]
+    return shlex.join(args)
+
+
+def lsun_args(cfg: dict[str, Any], dataset: str) -> str:
+    ds = cfg["data"]["datasets"][dataset]
+    lsun = ds["lsun"]
+    if not lsun.get("lmdb"):
+        raise C.ConfigError(f"data.datasets.{dataset}.lsun.lmdb: the LSUN Bedroom train LMDB is "
+                            f"needed to rebuild the real train/val halves (or set "
+                            f"data.datasets.{dataset}.splits to [test])")
+    return shlex.join(["--lmdb", lsun["lmdb"], "--dest", raw_dir(cfg, dataset),
+                       "--skip", str(lsun["skip"]),
+                       "--train-per-generator", str(lsun["train_per_generator"]),
+                       "--val-per-generator", str(lsun["val_per_generator"]),
+                       "--size", str(lsun["size"]), "--generators", *lsun["order"]])
+
+
+def digest_args(cfg: dict[str, Any], dataset: str, split: str) -> str:
+    mode = cfg["data"]["datasets"][dataset].get("check_digests", {}).get(split, "error")
+    args = [f"{raw_dir(cfg, dataset)}/{split}", "--expect", f"ricker-{split}"]
+    return shlex.join(args + (["--warn-only"] if mode == "warn" else []))
+
+
+def organize_inputs(cfg: dict[str, Any], dataset: str) -> list[str]:
+    """What a dataset's manifest waits for: extraction, LSUN rebuild, digest checks."""
+    ds = cfg["data"]["datasets"][dataset]
+    if ds["source"] != "zenodo":
+        return []
+    d = dataset_dir(cfg, dataset)
+    splits = ricker_splits(cfg, dataset)
+    out = [f"{d}/raw/extract.done.json"]
+    if {"train", "val"} & set(splits):
+        out.append(f"{d}/raw/lsun_real.done.json")
+    checks = ds.get("check_digests", {})
+    out += [f"{d}/digests/{s}.sha1" for s in splits if checks.get(s, "error") != "off"]
+    return out
+
+
+def digest_inputs(cfg: dict[str, Any], dataset: str, split: str) -> list[str]:
+    d = dataset_dir(cfg, dataset)
+    out = [f"{d}/raw/extract.done.json"]
+    if split in ("train", "val"):
+        out.append(f"{d}/raw/lsun_real.done.json")
+    return out
+
+
+def organize_args(cfg: dict[str, Any], dataset: str) -> str:
+    ds = cfg["data"]["datasets"][dataset]
+    args = ["--dataset-dir", dataset_dir(cfg, dataset),
+            "--max-rejected-fraction", str(cfg["data"]["max_rejected_fraction"])]
+    if ds["source"] == "zenodo":
+        args += ["--layout", "ricker", "--source", raw_dir(cfg, dataset),
+                 "--generators", *ds["generators"], "--splits", *ricker_splits(cfg, dataset)]
+    else:
+        args += ["--layout", ds["layout"], "--source", ds["path"], "--generator", ds["generator"]]
+        if ds.get("split_map"):
+            args += ["--split-map", ",".join(f"{k}={v}" for k, v in ds["split_map"].items())]
+    return shlex.join(args)
