@@ -3,12 +3,15 @@
 # With no flags the embedded default runs (workflow/config/default.yaml). A config that
 # names `run` is complete (--configfile workflow/config/paper.yaml); one that does not is
 # an overlay on the default. Either way it is validated against workflow/schemas/.
+import os
 from pathlib import Path
 
 from bilora import config as C
 from bilora import workflow as W
 
-_resolved = C.resolve(dict(config), Path(workflow.basedir) / "workflow/config/default.yaml")
+_given = [str(f) for f in getattr(workflow.config_settings, "configfiles", None) or []]
+_resolved = C.resolve(dict(config), Path(workflow.basedir) / "workflow/config/default.yaml",
+                      source=" + ".join(_given) or "the embedded default config")
 config.clear()
 config.update(_resolved)
 

@@ -7,6 +7,7 @@ it (the shared real set), and the scores are joined back onto every manifest row
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import pandas as pd
@@ -28,7 +29,7 @@ def predict(detector, dataset: torch.utils.data.Dataset, batch_size: int, num_wo
                                          num_workers=num_workers)
     out = [detector.predict_proba(images).float().cpu()
            for images, _ in tqdm(loader, desc=desc, disable=not progress, unit="batch",
-                                 leave=False)]
+                                 leave=False, mininterval=0.1 if sys.stderr.isatty() else 30)]
     return torch.cat(out) if out else torch.empty(0)
 
 

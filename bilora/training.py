@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,8 @@ def train_detector(
         detector.train()
         t0, total, seen = time.time(), 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not progress,
-                   unit="batch", leave=False)
+                   unit="batch", leave=False,
+                   mininterval=0.1 if sys.stderr.isatty() else 30)
         for images, labels in bar:
             loss = detector.loss(images, labels)
             optimizer.zero_grad(set_to_none=True)

@@ -159,7 +159,13 @@ def organize_args(cfg: dict[str, Any], dataset: str) -> str:
         args += ["--layout", "ricker", "--source", raw_dir(cfg, dataset),
                  "--generators", *ds["generators"], "--splits", *ricker_splits(cfg, dataset)]
     else:
-        args += ["--layout", ds["layout"], "--source", ds["path"], "--generator", ds["generator"]]
+        args += ["--layout", ds["layout"], "--source", ds["path"]]
+        if ds.get("generator"):
+            args += ["--generator", ds["generator"]]
+        if ds.get("generators"):
+            args += ["--generators", *ds["generators"]]
+        if ds.get("splits"):
+            args += ["--splits", *ds["splits"]]
         if ds.get("split_map"):
             args += ["--split-map", ",".join(f"{k}={v}" for k, v in ds["split_map"].items())]
     return shlex.join(args)

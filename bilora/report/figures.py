@@ -46,7 +46,10 @@ def heatmap(metrics: pd.DataFrame, detector: str, train: Sequence[str], test: Se
 def robustness_curves(metrics: pd.DataFrame, labels: dict[str, str],
                       out_dir: str | os.PathLike, note: str = "") -> list[Path]:
     """Mean accuracy vs level, one panel per perturbation, one line per detector."""
-    kinds = [k for k in metrics["perturbation"].unique() if k != "none"]
+    from bilora.data.perturbations import KINDS
+
+    present = set(metrics["perturbation"])
+    kinds = [k for k in KINDS if k in present and k != "none"]
     if not kinds:
         return []
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 3), squeeze=False)
@@ -65,7 +68,9 @@ def robustness_curves(metrics: pd.DataFrame, labels: dict[str, str],
         ax.set_xlabel("level")
         ax.set_ylim(40, 101)
     axes[0][0].set_ylabel("mean accuracy (%)")
-    axes[0][-1].legend(fontsize=7)
-    if note:
-        fig.suptitle(note, fontsize=8)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8,
+               bbox_to_anchor=(0.5, -0.12), frameon=False)
+    fig.suptitle((note + "\n" if note else "") + "dotted: accuracy on clean images", fontsize=8,
+                 y=1.04)
     return _save(fig, Path(out_dir), "robustness")

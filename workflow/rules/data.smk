@@ -12,7 +12,7 @@ rule make_procedural_dataset:
         spec=lambda w: W.json_param(C.procedural_spec(config, w.dataset)),
     log:
         f"{ROOT}/{{dataset}}/logs/make_procedural_dataset.log",
-    threads: workflow.cores
+    threads: 4  # capped at --cores
     conda:
         ENV
     shell:
@@ -41,13 +41,15 @@ rule extract_archives:
         f"{ROOT}/{{dataset}}/archives/fetch.done.json",
     output:
         f"{ROOT}/{{dataset}}/raw/extract.done.json",
+    params:
+        dest=f"{ROOT}/{{dataset}}/raw",
     log:
         f"{ROOT}/{{dataset}}/logs/extract_archives.log",
     threads: 1
     conda:
         ENV
     shell:
-        "bilora extract --from-fetch {input} --dest {ROOT}/{wildcards.dataset}/raw --done {output} > {log} 2>&1"
+        "bilora extract --from-fetch {input} --dest {params.dest} --done {output} > {log} 2>&1"
 
 
 rule rebuild_lsun_real:

@@ -26,11 +26,13 @@ rule render_report:
         report(W.figures(config), caption="../report/figures.rst", category="Figures"),
     params:
         spec=W.json_param(C.report_spec(config)),
+        tables=lambda w, output: os.path.dirname(output[0]),
+        figures=lambda w, output: os.path.dirname(output[-1]),
     log:
         f"{RES}/logs/render_report.log",
     threads: 1
     conda:
         ENV
     shell:
-        "bilora report --spec {params.spec:q} --metrics {input} --tables {RES}/tables"
-        " --figures {RES}/figures > {log} 2>&1"
+        "bilora report --spec {params.spec:q} --metrics {input} --tables {params.tables}"
+        " --figures {params.figures} > {log} 2>&1"

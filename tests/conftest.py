@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny configs and data made by the package itself."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from bilora import config as C
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT = ROOT / "workflow" / "config" / "default.yaml"
+PAPER = ROOT / "workflow" / "config" / "paper.yaml"
+
+
+@pytest.fixture(scope="session")
+def default_cfg() -> dict:
+    return C.load(DEFAULT, DEFAULT)
+
+
+@pytest.fixture()
+def cfg(default_cfg) -> dict:
+    return copy.deepcopy(default_cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A small procedural dataset (3 training, 4 test generators); returns the manifest."""
+    from bilora.data.procedural import ProceduralSpec, make_dataset
+
+    out = tmp_path_factory.mktemp("procedural")
+    make_dataset(ProceduralSpec(
+        generators=["sim-LDM", "sim-ProGAN", "sim-ADM", "sim-GLIDE"],
+        train_generators=["sim-LDM", "sim-ProGAN", "sim-ADM"], image_size=48,
+        train_per_class=48, test_per_class=24, seed=3), out, progress=False)
+    return out / "manifest.parquet"
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, default_cfg) -> Path:
+    """The embedded default's tiny BLIP-2, built and saved once."""
+    from bilora.tiny_blip2 import build_tiny_blip2
+
+    out = tmp_path_factory.mktemp("base") / "base"
+    build_tiny_blip2(default_cfg["detectors"]["bilora"]["base_model"]["tiny"], out, seed=0)
+    return out

@@ -1,0 +1,84 @@
+"""One parametrized test over every registered detector kind."""
+
+import numpy as np
+import pytest
+import torch
+
+from bilora.detectors import KINDS, create_detector, detector_class, load_detector, save_detector
+
+TIMM_CFG = {"kind": "timm", "model_name": "resnet50", "pretrained": False, "image_size": 32,
+            "model_kwargs": {"layers": [1, 1, 1, 1], "channels": [8, 8, 16, 16],
+                             "stem_width": 8},
+            "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3}, "eval": {"batch_size": 8}}
+DUMMY_CFG = {"kind": "dummy", "image_size": 32, "train": {"epochs": 1, "batch_size": 8,
+             "lr": 1e-2}, "eval": {"batch_size": 8}}
+
+
+def _cfg(kind, default_cfg):
+    if kind == "bilora":
+        return default_cfg["detectors"]["bilora"]
+    return {"timm": TIMM_CFG, "dummy": DUMMY_CFG}[kind]
+
+
+@pytest.fixture()
+def batch():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (8, 3, 48, 48), dtype=torch.uint8, generator=g)
+    x[4:, :, ::2, ::2] = 255  # fakes carry a pattern
+    return x, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_detector_contract(kind, default_cfg, tiny_base, batch, tmp_path):
+    cfg = _cfg(kind, default_cfg)
+    det = create_detector(cfg, seed=0, base_dir=str(tiny_base))
+    x, y = batch
+    det.train()
+    opt = torch.optim.Adam(det.trainable_parameters(), lr=1e-3)
+    first = det.loss(x, y).item()
+    for _ in range(10):
+        loss = det.loss(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    det.eval()
+    assert det.loss(x, y).item() < first
+    p = det.predict_proba(x)
+    assert p.shape == (8,) and float(p.min()) >= 0 and float(p.max()) <= 1
+    save_detector(det, tmp_path / "model")
+    again = load_detector(tmp_path / "model")
+    assert type(again) is detector_class(kind)
+    assert torch.allclose(again.predict_proba(x), p, atol=1e-6)
+
+
+def test_unknown_kind_lists_the_known_ones():
+    with pytest.raises(KeyError, match="known kinds: bilora, dummy, timm"):
+        detector_class("vit")
+
+
+def test_timm_config_is_not_mutated_by_timm():
+    cfg = {**TIMM_CFG, "model_name": "xception41", "model_kwargs": {"block_cfg": [
+        {"in_chs": 64, "out_chs": 32, "stride": 2},
+        {"in_chs": 32, "out_chs": [32, 64, 64], "stride": 2, "no_skip": True,
+         "start_with_relu": False}]}}
+    before = repr(cfg)
+    det = create_detector(cfg, seed=0)
+    assert repr(cfg) == before
+    assert "xception41" in det.describe() and "32px" in det.describe()
+
+
+def test_save_is_atomic_on_failure(tmp_path, default_cfg):
+    det = create_detector(DUMMY_CFG, seed=0)
+    save_detector(det, tmp_path / "m")
+    before = sorted(p.name for p in (tmp_path / "m").iterdir())
+
+    def boom(folder):
+        (folder / "partial").write_text("x")
+        raise RuntimeError("disk full")
+
+    det.save_weights = boom
+    with pytest.raises(RuntimeError):
+        save_detector(det, tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == before
+    assert np.isfinite(load_detector(tmp_path / "m").predict_proba(
+        torch.zeros(1, 3, 32, 32, dtype=torch.uint8))).all()

@@ -1,0 +1,96 @@
+"""The shared loop: a run killed mid-training resumes and ends with identical weights."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bilora.detectors import create_detector
+from bilora.training import CHECKPOINT, train_detector
+
+SPEC = {"detector_id": "r", "train_generator": "sim-LDM", "seed": 11, "device": "cpu",
+        "num_workers": 0,
+        "detector": {"kind": "timm", "model_name": "resnet50", "pretrained": False,
+                     "image_size": 48, "model_kwargs": {"layers": [1, 1, 1, 1],
+                                                        "channels": [8, 16, 16, 32],
+                                                        "stem_width": 8},
+                     "train": {"epochs": 6, "batch_size": 16, "lr": 1e-3}}}
+
+
+def _train(tmp, tiny_data, spec=SPEC):
+    return subprocess.Popen(
+        [sys.executable, "-m", "bilora.cli", "train", "--spec", json.dumps(spec), "--manifest",
+         str(tiny_data), "--out", str(tmp / "model"), "--checkpoint-dir", str(tmp / "ckpt"),
+         "--threads", "1", "--quiet"], stderr=subprocess.PIPE, text=True)
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model" / "model.safetensors"))
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_data):
+    full = tmp_path / "full"
+    assert _train(full, tiny_data).wait(timeout=300) == 0
+    cut = tmp_path / "cut"
+    proc = _train(cut, tiny_data)
+    ckpt = cut / "ckpt" / CHECKPOINT
+    deadline = time.time() + 240
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "model").exists()
+    done = torch.load(ckpt, weights_only=False)["epoch"]
+    assert 1 <= done < SPEC["detector"]["train"]["epochs"], "the kill came too late to test"
+    resumed = _train(cut, tiny_data)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert f"resumed from {ckpt} after epoch {done} of 6" in err
+    a, b = _weights(full), _weights(cut)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    meta = json.loads((cut / "model" / "detector.json").read_text())
+    assert [h["epoch"] for h in json.loads(meta["provenance"]["history"])] == list(range(1, 7))
+
+
+def test_checkpoint_for_other_settings_is_not_resumed(tmp_path, tiny_data, caplog):
+    from bilora.data.dataset import ImageTable, load_rows
+
+    rows = load_rows([tiny_data], "train", ["sim-LDM"])
+    cfg = {**SPEC["detector"], "train": {"epochs": 1, "batch_size": 32, "lr": 1e-3}}
+    det = create_detector(cfg, seed=0)
+    train_detector(det, ImageTable(rows, 48), cfg["train"], 0, tmp_path, "settings-A",
+                   progress=False)
+    det2 = create_detector(cfg, seed=0)
+    with caplog.at_level("WARNING"):
+        hist = train_detector(det2, ImageTable(rows, 48), cfg["train"], 0, tmp_path,
+                              "settings-B", progress=False)
+    assert "written for other settings" in caplog.text and len(hist) == 1
+
+
+def test_loss_falls_over_epochs(tmp_path, tiny_data):
+    from bilora.data.dataset import ImageTable, load_rows
+
+    rows = load_rows([tiny_data], "train", ["sim-ProGAN"])
+    cfg = {"kind": "dummy", "image_size": 48, "train": {"epochs": 4, "batch_size": 16,
+                                                        "lr": 2e-2}}
+    hist = train_detector(create_detector(cfg, 0), ImageTable(rows, 48), cfg["train"], 0,
+                          tmp_path, "x", progress=False)
+    assert hist[-1]["loss"] < hist[0]["loss"] and all(h["seconds"] > 0 for h in hist)
+
+
+@pytest.mark.parametrize("missing", ["sim-PNDM"])
+def test_training_on_a_generator_without_images_names_it(tiny_data, missing):
+    from bilora.data.dataset import load_rows
+
+    with pytest.raises(KeyError, match=missing):
+        load_rows([tiny_data], "train", [missing])
+    assert Path(tiny_data).exists()

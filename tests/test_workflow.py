@@ -1,0 +1,150 @@
+"""End to end: Snakemake on a trimmed config in a temporary folder, reruns, lint, paper DAG."""
+
+import copy
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import DEFAULT, PAPER, ROOT
+
+pytestmark = pytest.mark.slow
+GENS = ["sim-ProGAN", "sim-LDM"]
+
+
+def smk(*args, cwd, check=True):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+                          "--directory", str(cwd), *args], capture_output=True, text=True,
+                         env=env, timeout=900)
+    if check and out.returncode:
+        raise AssertionError(out.stdout[-4000:] + out.stderr[-4000:])
+    return out
+
+
+def job_counts(text):
+    block = text[text.index("Job stats:"):]
+    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", block, re.M)
+            if m[0] != "total"}
+
+
+def trimmed():
+    cfg = yaml.safe_load(DEFAULT.read_text())
+    cfg["run"] = "e2e"
+    cfg["data"]["root"] = "data"
+    ds = cfg["data"]["datasets"]["procedural"]
+    ds.update(generators=GENS + ["sim-ADM"])
+    cfg["generators"] = {"train": GENS, "test": GENS + ["sim-ADM"]}
+    cfg["evaluation"]["perturbations"] = {"none": ["-"], "jpeg": [50], "mixed": ["random"]}
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("e2e")
+    (d / "config.yaml").write_text(yaml.safe_dump(trimmed()))
+    smk("--cores", "2", "all", "--configfile", str(d / "config.yaml"), cwd=d)
+    return d
+
+
+def test_all_tables_and_figures_are_written(run):
+    res = run / "results" / "e2e"
+    for det in ("bilora", "resnet50", "xception"):
+        for ext in ("csv", "md", "tex"):
+            assert (res / "tables" / f"accuracy_matrix_{det}.{ext}").exists()
+        assert (res / "figures" / f"heatmap_{det}.pdf").exists()
+        for g in GENS:
+            assert (res / det / f"train={g}" / "model" / "detector.json").exists()
+    for name in ("detectors", "robustness"):
+        assert (res / "tables" / f"{name}.md").read_text().startswith("**")
+    assert (res / "figures" / "robustness.png").stat().st_size > 10_000
+
+
+def test_every_detector_learns_its_training_generator(run):
+    m = pd.read_csv(run / "results" / "e2e" / "metrics.csv")
+    seen = m[(m.train == m.test) & (m.perturbation == "none")]
+    assert len(seen) == 3 * len(GENS)
+    assert (seen.accuracy >= 0.9).all(), seen[["detector", "train", "accuracy"]]
+    table = pd.read_csv(run / "results" / "e2e" / "tables" / "accuracy_matrix_bilora.csv",
+                        index_col=0)
+    assert (table.loc[GENS, GENS].values.diagonal() >= 90).all()
+
+
+def test_scores_carry_provenance(run):
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(run / "results/e2e/bilora/train=sim-LDM/scores.parquet").metadata
+    for key in (b"bilora_version", b"git_commit", b"config_hash", b"data_manifest_sha1",
+                b"detector", b"train"):
+        assert meta.get(key), key
+
+
+def test_changing_one_detector_reruns_its_cells_and_the_report_only(run):
+    cfg = trimmed()
+    cfg["detectors"]["resnet50"]["train"]["lr"] = 2e-3
+    (run / "changed.yaml").write_text(yaml.safe_dump(cfg))
+    out = smk("-n", "all", "--configfile", str(run / "changed.yaml"), cwd=run)
+    assert job_counts(out.stdout) == {"train_detector": 2, "score_cell": 2, "compute_metrics": 1,
+                                      "render_report": 1, "all": 1}
+    assert "xception/train" not in out.stdout.split("Job stats")[0].replace(
+        "results/e2e/xception/train=sim-LDM/scores.parquet", "")  # only as metrics input
+    same = smk("-n", "all", "--configfile", str(run / "config.yaml"), cwd=run)
+    assert "Nothing to be done" in same.stdout + same.stderr
+
+
+def test_one_cell_reruns_alone(run):
+    cell = run / "results/e2e/xception/train=sim-LDM/scores.parquet"
+    before = pd.read_parquet(cell)
+    cell.unlink()
+    out = smk("--cores", "2", "results/e2e/xception/train=sim-LDM/scores.parquet",
+              "--configfile", str(run / "config.yaml"), cwd=run)
+    assert job_counts(out.stdout + out.stderr) == {"score_cell": 1}
+    pd.testing.assert_frame_equal(pd.read_parquet(cell), before)  # seeded: same scores
+
+
+def test_lint_is_clean():
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Lints for" not in out.stdout + out.stderr
+
+
+def test_paper_dry_run_has_21_training_jobs_fed_by_the_data_jobs(tmp_path):
+    out = smk("-n", "all", "--configfile", str(PAPER), cwd=tmp_path)
+    counts = job_counts(out.stdout)
+    assert counts["train_detector"] == 21 and counts["score_cell"] == 21
+    assert counts["fetch_zenodo_record"] == 1 and counts["rebuild_lsun_real"] == 1
+    assert counts["organize_dataset"] == 3 and counts["extract_archives"] == 1
+
+
+def test_paper_dry_run_with_archives_at_hand_downloads_nothing(tmp_path):
+    cfg = yaml.safe_load(PAPER.read_text())
+    cfg["data"]["datasets"]["ricker"]["archives_dir"] = str(tmp_path / "have")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
+    out = smk("-n", "all", "--configfile", str(tmp_path / "p.yaml"), "--printshellcmds",
+              cwd=tmp_path)
+    fetch = [line for line in out.stdout.splitlines() if line.startswith("bilora fetch-zenodo")
+             or "bilora fetch-zenodo" in line]
+    assert fetch and all(f"--archives-dir {tmp_path / 'have'}" in line for line in fetch)
+
+
+def test_misspelt_key_fails_at_dag_build_naming_it(tmp_path):
+    cfg = copy.deepcopy(trimmed())
+    cfg["detectors"]["bilora"]["lora"]["alpah"] = 32
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    out = smk("-n", "all", "--configfile", str(tmp_path / "bad.yaml"), cwd=tmp_path,
+              check=False)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "detectors.bilora.lora" in text and "alpah" in text
+
+
+def test_snakemake_report_is_rendered(run):
+    smk("--report", str(run / "report.html"), "--configfile", str(run / "config.yaml"), cwd=run)
+    html = (run / "report.html").read_text(errors="replace")
+    assert "heatmap_bilora" in html and "accuracy_matrix_xception" in html
