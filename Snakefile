@@ -15,6 +15,10 @@ _resolved = C.resolve(dict(config), Path(workflow.basedir) / "workflow/config/de
 config.clear()
 config.update(_resolved)
 
+# Jobs run `python3 -m bilora.cli` with the code beside this Snakefile first on the path,
+# so --use-conda environments (which hold the dependencies) run this checkout's code too.
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])))
 RES = W.results(config)
 ROOT = config["data"]["root"]
 ENV = "../../envs/bilora.yaml"  # relative to the rule files

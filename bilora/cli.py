@@ -29,7 +29,7 @@ def _spec(text: str) -> dict[str, Any]:
         raise SystemExit(f"bilora: --spec is not valid JSON: {exc}") from None
 
 
-def _setup(args: argparse.Namespace, spec: dict[str, Any] | None = None) -> None:
+def _setup(args: argparse.Namespace) -> None:
     import torch
 
     threads = getattr(args, "threads", None)
@@ -62,7 +62,7 @@ def cmd_make_procedural(args: argparse.Namespace) -> int:
     ds = spec["dataset"]
     out = Path(args.out)
     make_dataset(ProceduralSpec(generators=ds["generators"],
-                                train_generators=spec["train_generators"],
+                                train_generators=ds["generators"],
                                 image_size=ds["image_size"],
                                 train_per_class=ds["train_per_class"],
                                 test_per_class=ds["test_per_class"], seed=spec["seed"]),
@@ -84,10 +84,11 @@ def cmd_build_base(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from bilora.config import digest
     from bilora.data.dataset import ImageTable, load_rows
     from bilora.data.manifest import manifest_digest
     from bilora.detectors import create_detector, resolve_device, save_detector
-    from bilora.training import fingerprint, train_detector
+    from bilora.training import CHECKPOINT, train_detector
 
     spec = _spec(args.spec)
     _setup(args)
@@ -100,10 +101,12 @@ def cmd_train(args: argparse.Namespace) -> int:
              spec["train_generator"], counts["total"], counts["trainable"])
     dataset = ImageTable(rows, det.input_size)
     history = train_detector(det, dataset, spec["detector"]["train"], spec["seed"],
-                             args.checkpoint_dir, fingerprint(spec, data_digest),
-                             num_workers=spec["num_workers"], progress=not args.quiet)
+                             args.checkpoint_dir, digest([spec, data_digest], length=40),
+                             num_workers=args.num_workers, progress=not args.quiet)
     save_detector(det, args.out, provenance(spec, data_manifest_sha1=data_digest,
                                             history=json.dumps(history)))
+    # trained and saved: a later forced rerun (new code, new base) must train again
+    (Path(args.checkpoint_dir) / CHECKPOINT).unlink(missing_ok=True)
     return 0
 
 
@@ -120,7 +123,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     det = load_detector(args.model, spec["device"])
     meta = read_detector_meta(args.model)
     scores = score_table(det, rows, conditions(spec["perturbations"]), spec["seed"],
-                         spec["eval"]["batch_size"], spec["num_workers"],
+                         spec["eval"]["batch_size"], args.num_workers,
                          progress=not args.quiet)
     train = args.train_generator
     write_parquet_atomic(scores, args.out, provenance(
@@ -238,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--spec", required=True, help="JSON config slice of this job")
         s.add_argument("--threads", type=int, default=None, help="torch threads")
         s.add_argument("--quiet", action="store_true", help="no progress bars")
+        s.add_argument("--num-workers", type=int, default=0,
+                       help="DataLoader worker processes decoding images")
         s.set_defaults(func=fn)
         return s
 

@@ -80,11 +80,15 @@ def validate(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
     return cfg
 
 
+def generators_of(ds: dict[str, Any]) -> list[str]:
+    """The generators a dataset section provides (``generators`` or one ``generator``)."""
+    return list(ds["generators"]) if "generators" in ds else [ds["generator"]]
+
+
 def _cross_check(cfg: dict[str, Any], source: str) -> None:
     provided: dict[str, str] = {}
     for name, ds in cfg["data"]["datasets"].items():
-        gens = ds["generators"] if "generators" in ds else [ds["generator"]]
-        for g in gens:
+        for g in generators_of(ds):
             if g in provided:
                 raise ConfigError(f"{source}: data.datasets.{name}: generator {g!r} is also "
                                   f"provided by data.datasets.{provided[g]}")
@@ -120,40 +124,35 @@ def default_config_path() -> Path:
     raise ConfigError("workflow/config/default.yaml not found; pass --configfile")
 
 
-def digest(obj: Any) -> str:
-    """A short stable hash of a JSON-able value (a config slice)."""
-    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+def digest(obj: Any, length: int = 12) -> str:
+    """A stable hash of a JSON-able value (a config slice), ``length`` hex digits."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 # -- slices: what one job depends on (passed as rule params, a rerun trigger) -------------
 
 def dataset_of(cfg: dict[str, Any], generator: str) -> str:
     for name, ds in cfg["data"]["datasets"].items():
-        if generator in (ds.get("generators") or [ds.get("generator")]):
+        if generator in generators_of(ds):
             return name
     raise ConfigError(f"generator {generator!r} is provided by no dataset")
-
-
-def runtime(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {"device": cfg["device"], "num_workers": cfg["data"]["num_workers"]}
 
 
 def train_spec(cfg: dict[str, Any], detector: str, generator: str) -> dict[str, Any]:
     det = cfg["detectors"][detector]
     return {"detector_id": detector, "detector": {k: v for k, v in det.items() if k != "eval"},
-            "train_generator": generator, "seed": cfg["seed"]} | runtime(cfg)
+            "train_generator": generator, "seed": cfg["seed"], "device": cfg["device"]}
 
 
 def score_spec(cfg: dict[str, Any], detector: str) -> dict[str, Any]:
     return {"detector_id": detector, "eval": cfg["detectors"][detector]["eval"],
             "test_generators": cfg["generators"]["test"], "seed": cfg["seed"],
-            "perturbations": cfg["evaluation"]["perturbations"]} | runtime(cfg)
+            "perturbations": cfg["evaluation"]["perturbations"], "device": cfg["device"]}
 
 
 def procedural_spec(cfg: dict[str, Any], dataset: str) -> dict[str, Any]:
     ds = cfg["data"]["datasets"][dataset]
     return {"dataset": ds, "seed": cfg["seed"],
-            "train_generators": [g for g in cfg["generators"]["train"] if g in ds["generators"]],
             "max_rejected_fraction": cfg["data"]["max_rejected_fraction"]}
 
 

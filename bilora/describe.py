@@ -46,18 +46,14 @@ def meta_bilora(det_cfg: dict[str, Any]):
         return get_peft_model(model, lora_config(det_cfg))
 
 
-def lora_modules(model) -> list[str]:
-    from peft.tuners.lora import LoraLayer
-
-    return [n for n, m in model.named_modules() if isinstance(m, LoraLayer)]
-
-
 def describe(det_cfg: dict[str, Any]) -> list[str]:
     """Lines of a model summary: total and trainable parameters, LoRA targets."""
     if det_cfg["kind"] == "bilora":
+        from bilora.detector import lora_module_names
+
         model = meta_bilora(det_cfg)
         trainable, total = model.get_nb_trainable_parameters()
-        mods = lora_modules(model)
+        mods = lora_module_names(model)
         base = det_cfg["base_model"].get("name_or_path", "tiny random base")
         lines = [f"model: Blip2ForConditionalGeneration + LoRA ({base})",
                  f"total parameters: {total:,}",

@@ -17,8 +17,6 @@ import torch
 
 from bilora.detectors import Detector
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-
 
 def lora_config(cfg: dict[str, Any]):
     """The ``peft.LoraConfig`` of a Bi-LoRA config section (every field stated)."""
@@ -46,6 +44,19 @@ def base_model_path(cfg: dict[str, Any], base_dir: str | None) -> str:
                              "(bilora build-base) passed as --base")
         return str(base_dir)
     return base["name_or_path"]
+
+
+def _processor(path: str | Path):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(path)
+
+
+def lora_module_names(model: torch.nn.Module) -> list[str]:
+    """Names of every module of ``model`` that carries a LoRA adapter."""
+    from peft.tuners.lora import LoraLayer
+
+    return [n for n, m in model.named_modules() if isinstance(m, LoraLayer)]
 
 
 class BiLoRADetector(Detector):
@@ -82,20 +93,14 @@ class BiLoRADetector(Detector):
         return int(size.get("height") or size.get("shortest_edge"))
 
     # -- construction -------------------------------------------------------
-    @staticmethod
-    def _load_base(path: str, cfg: dict[str, Any]):
-        from transformers import AutoProcessor, Blip2ForConditionalGeneration
-
-        model = Blip2ForConditionalGeneration.from_pretrained(path, dtype=torch_dtype(cfg["dtype"]))
-        processor = AutoProcessor.from_pretrained(path)
-        return model, processor
-
     @classmethod
     def build(cls, cfg: dict[str, Any], seed: int, base_dir: str | None = None) -> BiLoRADetector:
         from peft import get_peft_model
+        from transformers import Blip2ForConditionalGeneration
 
         path = base_model_path(cfg, base_dir)
-        model, processor = cls._load_base(path, cfg)
+        model = Blip2ForConditionalGeneration.from_pretrained(path, dtype=torch_dtype(cfg["dtype"]))
+        processor = _processor(path)
         torch.manual_seed(seed)
         model = get_peft_model(model, lora_config(cfg))
         return cls(cfg, model, processor, path)
@@ -109,14 +114,13 @@ class BiLoRADetector(Detector):
         import json
 
         from peft import PeftModel
+        from transformers import Blip2ForConditionalGeneration
 
         base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
-        model, _ = cls._load_base(base, cfg)
-        from transformers import AutoProcessor
-
-        processor = AutoProcessor.from_pretrained(folder)
+        model = Blip2ForConditionalGeneration.from_pretrained(base,
+                                                              dtype=torch_dtype(cfg["dtype"]))
         model = PeftModel.from_pretrained(model, folder)
-        return cls(cfg, model, processor, base)
+        return cls(cfg, model, _processor(folder), base)
 
     # -- the interface ------------------------------------------------------
     def frozen_submodules(self) -> list[torch.nn.Module]:
@@ -156,10 +160,16 @@ class BiLoRADetector(Detector):
     @torch.no_grad()
     def generate_labels(self, images: torch.Tensor) -> torch.Tensor:
         """The paper's readout: greedy generation of one token; fake 1, real 0, other -1."""
+        from transformers import GenerationConfig
+
         ids = self._prompt(images.shape[0])
+        tok = self.processor.tokenizer
+        # plain greedy decoding: no processors or penalties a checkpoint's own config may carry
+        greedy = GenerationConfig(max_new_tokens=1, do_sample=False, num_beams=1,
+                                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                  pad_token_id=tok.pad_token_id)
         out = self.model.generate(pixel_values=self.pixel_values(images), input_ids=ids,
-                                  attention_mask=torch.ones_like(ids), max_new_tokens=1,
-                                  do_sample=False)
+                                  attention_mask=torch.ones_like(ids), generation_config=greedy)
         tok = out[:, -1].cpu()
         labels = torch.full_like(tok, -1)
         labels[tok == self.word_ids[0]] = 0
@@ -177,9 +187,7 @@ class BiLoRADetector(Detector):
 
     def lora_module_names(self) -> list[str]:
         """Names of every module that carries a LoRA adapter."""
-        from peft.tuners.lora import LoraLayer
-
-        return [n for n, m in self.model.named_modules() if isinstance(m, LoraLayer)]
+        return lora_module_names(self.model)
 
     def describe(self) -> str:
         return self.cfg.get("label") or f"Bi-LoRA ({self.base_path})"

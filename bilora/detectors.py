@@ -11,13 +11,14 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
 from abc import ABCMeta, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from bilora.atomic import atomic_path
 
 DETECTOR_FILE = "detector.json"
 
@@ -119,17 +120,12 @@ def save_detector(detector: Detector, folder: str | os.PathLike,
                   provenance: dict[str, Any] | None = None) -> Path:
     """Save atomically: write into ``<folder>.tmp``, then rename onto ``folder``."""
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    detector.save_weights(tmp)
-    meta = {"kind": detector.kind, "config": detector.cfg, "describe": detector.describe(),
-            "parameters": detector.parameter_counts(), "provenance": provenance or {}}
-    (tmp / DETECTOR_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        detector.save_weights(tmp)
+        meta = {"kind": detector.kind, "config": detector.cfg, "describe": detector.describe(),
+                "parameters": detector.parameter_counts(), "provenance": provenance or {}}
+        (tmp / DETECTOR_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return folder
 
 

@@ -18,9 +18,6 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import auc, average_precision_score, roc_curve
 
-# name -> higher is better (all of them)
-METRICS: dict[str, bool] = {"accuracy": True, "f1": True, "auc": True, "auc_hard": True,
-                            "ap": True, "pd@5%": True, "pd@1%": True}
 KEYS = ["detector", "train", "test", "perturbation", "level"]
 
 

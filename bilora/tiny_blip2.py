@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from bilora.atomic import atomic_path
+
 # Word-level vocabulary: OPT's conventions for special tokens, then the caption words.
 VOCAB = ["<pad>", "</s>", "<unk>", "<image>", "real", "fake", "a", "photo", "image", "of"]
 PAD, BOS, UNK, IMAGE = 0, 1, 2, 3
@@ -63,7 +65,17 @@ def tiny_config(cfg: dict[str, Any]):
 
 
 def build_tiny_blip2(cfg: dict[str, Any], out_dir: str | os.PathLike, seed: int) -> Path:
-    """Build, initialise and save a tiny BLIP-2 with tokenizer and processor to ``out_dir``.
+    """Build a tiny BLIP-2 (``make_tiny_blip2``) and save it with its processor to ``out_dir``."""
+    model, processor = make_tiny_blip2(cfg, seed)
+    out = Path(out_dir)
+    with atomic_path(out) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    return out
+
+
+def make_tiny_blip2(cfg: dict[str, Any], seed: int):
+    """A tiny BLIP-2 with random weights, and its ``Blip2Processor``, in memory.
 
     Initialisation follows what was measured to learn on procedural data with a random
     base: vision tower std ``init_std.vision``, Q-Former, projection, OPT and query
@@ -103,17 +115,4 @@ def build_tiny_blip2(cfg: dict[str, Any], out_dir: str | os.PathLike, seed: int)
     )
     processor = Blip2Processor(image_processor, tokenizer,
                                num_query_tokens=cfg["num_query_tokens"])
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    return model, processor

@@ -10,8 +10,6 @@ fingerprint differs) is ignored, never resumed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import sys
@@ -21,20 +19,13 @@ from typing import Any
 
 import torch
 
+from bilora.atomic import atomic_path, derive_seed
 from bilora.detectors import Detector
 
 log = logging.getLogger("bilora.training")
 CHECKPOINT = "last.pt"
 
 
-def fingerprint(*parts: Any) -> str:
-    """A stable hash of JSON-able settings."""
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def epoch_seed(seed: int, epoch: int, what: str) -> int:
-    digest = hashlib.sha256(f"{seed}/{epoch}/{what}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: dict[str, Any]) -> torch.optim.Optimizer:
@@ -42,13 +33,6 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: dict[str, Any]) -> tor
     name = cfg.get("optimizer", "adam")
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
     return cls(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def train_detector(
@@ -79,9 +63,9 @@ def train_detector(
             log.warning("ignoring checkpoint %s: written for other settings", ckpt_path)
     n = len(dataset)
     for epoch in range(start, cfg["epochs"]):
-        torch.manual_seed(epoch_seed(seed, epoch, "dropout"))
+        torch.manual_seed(derive_seed(seed, epoch, "dropout"))
         order = torch.randperm(n, generator=torch.Generator().manual_seed(
-            epoch_seed(seed, epoch, "order"))).tolist()
+            derive_seed(seed, epoch, "order"))).tolist()
         loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(dataset, order), batch_size=cfg["batch_size"],
             shuffle=False, num_workers=num_workers)
@@ -103,8 +87,9 @@ def train_detector(
         history.append(record)
         log.info("epoch %d/%d loss %.5f time %.1fs", epoch + 1, cfg["epochs"], record["loss"],
                  record["seconds"])
-        _save_atomic({"fingerprint": run_fingerprint, "epoch": epoch + 1, "history": history,
-                      "detector": detector.checkpoint_state(),
-                      "optimizer": optimizer.state_dict()}, ckpt_path)
+        with atomic_path(ckpt_path) as tmp:
+            torch.save({"fingerprint": run_fingerprint, "epoch": epoch + 1, "history": history,
+                        "detector": detector.checkpoint_state(),
+                        "optimizer": optimizer.state_dict()}, tmp)
     detector.eval()
     return history

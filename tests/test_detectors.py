@@ -1,6 +1,5 @@
 """One parametrized test over every registered detector kind."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -80,5 +79,5 @@ def test_save_is_atomic_on_failure(tmp_path, default_cfg):
     with pytest.raises(RuntimeError):
         save_detector(det, tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == before
-    assert np.isfinite(load_detector(tmp_path / "m").predict_proba(
+    assert torch.isfinite(load_detector(tmp_path / "m").predict_proba(
         torch.zeros(1, 3, 32, 32, dtype=torch.uint8))).all()

@@ -9,7 +9,7 @@ from bilora.detectors import create_detector
 from bilora.evaluation import score_table
 from bilora.metrics import metrics_table
 from bilora.report.figures import heatmap, robustness_curves
-from bilora.report.tables import ALL, UNSEEN, accuracy_matrix, render_tables
+from bilora.report.tables import ALL, ALL_T, UNSEEN, UNSEEN_T, accuracy_matrix, render_tables
 
 DUMMY = {"kind": "dummy", "image_size": 48, "train": {"epochs": 1, "batch_size": 8, "lr": 1e-2},
          "eval": {"batch_size": 16}}
@@ -64,10 +64,17 @@ def _fake_metrics():
 
 
 def test_matrix_means_are_labelled_and_unseen_excludes_the_diagonal():
-    mat = accuracy_matrix(_fake_metrics(), "a", ["G1", "G2"], ["G1", "G2", "G3"])
-    assert mat.loc["G1", UNSEEN] == pytest.approx(80.0)
-    assert mat.loc["G1", ALL] == pytest.approx((100 + 80 + 80) / 3)
-    assert list(mat.columns) == ["G1", "G2", "G3", UNSEEN, ALL]
+    m = _fake_metrics()
+    m.loc[(m.detector == "a") & (m.train == "G1") & (m.test == "G3"), "accuracy"] = 0.5
+    mat = accuracy_matrix(m, "a", ["G1", "G2"], ["G1", "G2", "G3"])
+    assert mat.loc["G1", UNSEEN] == pytest.approx((80 + 50) / 2)
+    assert mat.loc["G1", ALL] == pytest.approx((100 + 80 + 50) / 3)
+    # the paper's kind of mean: over the training generators' test sets only
+    assert mat.loc["G1", UNSEEN_T] == pytest.approx(80.0)
+    assert mat.loc["G1", ALL_T] == pytest.approx((100 + 80) / 2)
+    assert list(mat.columns) == ["G1", "G2", "G3", UNSEEN, ALL, UNSEEN_T, ALL_T]
+    same = accuracy_matrix(m, "a", ["G1", "G2"], ["G1", "G2"])
+    assert UNSEEN_T not in same.columns  # no second pair when the two coincide
 
 
 def test_tables_and_figures_are_written(tmp_path):
@@ -83,7 +90,9 @@ def test_tables_and_figures_are_written(tmp_path):
     rob = pd.read_csv(tmp_path / "t" / "robustness.csv")
     a30 = rob[(rob.detector == "Detector A") & (rob.level.astype(str) == "30")]
     assert a30.accuracy.iloc[0] == pytest.approx(0.7 * (2 * 100 + 4 * 80) / 6)
-    assert "\\caption" in (tmp_path / "t" / "detectors.tex").read_text()
+    tex = (tmp_path / "t" / "detectors.tex").read_text()
+    caption = tex[tex.index("\\caption{"):].split("\n", 1)[0]
+    assert "(\\%)" in caption and "(%)" not in caption  # % would comment out the brace
     figs = heatmap(m, "a", ["G1", "G2"], ["G1", "G2", "G3"], "A", tmp_path / "f")
     figs += robustness_curves(m, labels, tmp_path / "f")
     assert all(p.stat().st_size > 1000 for p in figs) and len(figs) == 4

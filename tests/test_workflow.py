@@ -128,8 +128,7 @@ def test_paper_dry_run_with_archives_at_hand_downloads_nothing(tmp_path):
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
     out = smk("-n", "all", "--configfile", str(tmp_path / "p.yaml"), "--printshellcmds",
               cwd=tmp_path)
-    fetch = [line for line in out.stdout.splitlines() if line.startswith("bilora fetch-zenodo")
-             or "bilora fetch-zenodo" in line]
+    fetch = [line for line in out.stdout.splitlines() if "bilora.cli fetch-zenodo" in line]
     assert fetch and all(f"--archives-dir {tmp_path / 'have'}" in line for line in fetch)
 
 

@@ -32,11 +32,9 @@ DIGEST_ALIASES = {"ricker-test": "test", "ricker-train": "train", "ricker-val": 
 
 
 def _atomic_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from bilora.atomic import write_text
+
+    write_text(path, text)
 
 
 def _errors() -> tuple[type[Exception], ...]:

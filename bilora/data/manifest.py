@@ -18,6 +18,8 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from bilora.atomic import atomic_path
+
 COLUMNS = ["path", "label", "generator", "split", "sha1"]
 MANIFEST_NAME = "manifest.parquet"
 REJECTS_NAME = "rejects.csv"
@@ -126,22 +128,18 @@ def write_parquet_atomic(df: pd.DataFrame, out: str | os.PathLike, metadata: dic
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(df, preserve_index=False)
     if metadata:
         meta = dict(table.schema.metadata or {})
         meta.update({k.encode(): str(v).encode() for k, v in metadata.items()})
         table = table.replace_schema_metadata(meta)
-    tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
 
 
 def _atomic_csv(df: pd.DataFrame, out: Path) -> None:
-    tmp = out.with_name(out.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:

@@ -9,12 +9,13 @@ shared by several test sets is degraded the same way in all of them.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
+
+from bilora.atomic import derive_seed
 
 KINDS = ("none", "noise", "blur", "jpeg", "crop", "downscale", "mixed")
 RANDOM = "random"
@@ -22,8 +23,7 @@ RANDOM = "random"
 
 def image_rng(seed: int, sha1: str, kind: str, level: object) -> np.random.Generator:
     """The random generator of one (image, perturbation, level)."""
-    digest = hashlib.sha256(f"{seed}/{sha1}/{kind}/{level}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    return np.random.default_rng(derive_seed(seed, sha1, kind, level))
 
 
 def noise(img: Image.Image, std: float, rng: np.random.Generator) -> Image.Image:

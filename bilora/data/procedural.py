@@ -26,7 +26,6 @@ Stand-ins bear the paper's generator names behind a visible marker
 
 from __future__ import annotations
 
-import hashlib
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bilora.atomic import atomic_path, derive_seed
 from bilora.data.manifest import Entry, build_manifest
 
 MARKER = "sim-"
@@ -69,11 +69,6 @@ def paper_name(generator: str) -> str:
         known = ", ".join(stand_in_name(g) for g in STAND_INS)
         raise KeyError(f"unknown procedural generator {generator!r}; known: {known}")
     return generator[len(MARKER):]
-
-
-def _seed(*parts: object) -> np.random.Generator:
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
 def _gauss_blur(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -174,15 +169,13 @@ class ProceduralSpec:
 
 def write_png(arr: np.ndarray, path: Path) -> None:
     """Save an HxWx3 array as PNG under a temporary name, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8)).save(tmp, format="PNG")
 
 
 def _make_one(job: tuple[int, int, str, int, str], out: Path) -> None:
     seed, size, rel, label, gen = job
-    rng = _seed(seed, rel)
+    rng = np.random.default_rng(derive_seed(seed, rel))
     arr = real_image(rng, size) if label == 0 else fake_image(rng, size, paper_name(gen))
     write_png(arr, out / rel)
 

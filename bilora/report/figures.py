@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bilora.report.tables import ALL, UNSEEN, accuracy_matrix  # noqa: E402
+from bilora.report.tables import MEANS, accuracy_matrix  # noqa: E402
 
 
 def _save(fig, out_dir: Path, name: str) -> list[Path]:
@@ -26,7 +26,8 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
 
 def heatmap(metrics: pd.DataFrame, detector: str, train: Sequence[str], test: Sequence[str],
             title: str, out_dir: str | os.PathLike) -> list[Path]:
-    mat = accuracy_matrix(metrics, detector, train, test).drop(columns=[UNSEEN, ALL])
+    mat = accuracy_matrix(metrics, detector, train, test)
+    mat = mat.drop(columns=[c for c in MEANS if c in mat.columns])
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * mat.shape[1], 1.2 + 0.5 * mat.shape[0]))
     im = ax.imshow(mat.to_numpy(), vmin=50, vmax=100, cmap="viridis")
     ax.set_xticks(range(mat.shape[1]), mat.columns, rotation=45, ha="right")

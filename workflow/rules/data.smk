@@ -16,7 +16,7 @@ rule make_procedural_dataset:
     conda:
         ENV
     shell:
-        "bilora make-procedural --spec {params.spec:q} --out {output.manifest} --threads {threads} --quiet > {log} 2>&1"
+        "python3 -m bilora.cli make-procedural --spec {params.spec:q} --out {output.manifest} --threads {threads} --quiet > {log} 2>&1"
 
 
 rule fetch_zenodo_record:
@@ -33,7 +33,7 @@ rule fetch_zenodo_record:
     conda:
         ENV
     shell:
-        "bilora fetch-zenodo {params.args} > {log} 2>&1"
+        "python3 -m bilora.cli fetch-zenodo {params.args} > {log} 2>&1"
 
 
 rule extract_archives:
@@ -49,7 +49,7 @@ rule extract_archives:
     conda:
         ENV
     shell:
-        "bilora extract --from-fetch {input} --dest {params.dest} --done {output} > {log} 2>&1"
+        "python3 -m bilora.cli extract --from-fetch {input} --dest {params.dest} --done {output} > {log} 2>&1"
 
 
 rule rebuild_lsun_real:
@@ -65,7 +65,7 @@ rule rebuild_lsun_real:
     conda:
         ENV
     shell:
-        "bilora rebuild-lsun-real {params.args} --workers {threads} --done {output} > {log} 2>&1"
+        "python3 -m bilora.cli rebuild-lsun-real {params.args} --workers {threads} --done {output} > {log} 2>&1"
 
 
 rule check_split_digest:
@@ -83,7 +83,7 @@ rule check_split_digest:
     conda:
         ENV
     shell:
-        "bilora tree-digest {params.args} --out {output} > {log} 2>&1"
+        "python3 -m bilora.cli tree-digest {params.args} --out {output} > {log} 2>&1"
 
 
 rule organize_dataset:
@@ -102,4 +102,4 @@ rule organize_dataset:
     conda:
         ENV
     shell:
-        "bilora organize {params.args} --out {output.manifest} > {log} 2>&1"
+        "python3 -m bilora.cli organize {params.args} --out {output.manifest} > {log} 2>&1"

@@ -6,6 +6,7 @@ rule score_cell:
     input:
         model=f"{RES}/{{detector}}/train={{generator}}/model",
         manifests=W.manifests_for(config, config["generators"]["test"]),
+        base=lambda w: W.base_model_dir(config, w.detector),
     output:
         f"{RES}/{{detector}}/train={{generator}}/scores.parquet",
     params:
@@ -15,8 +16,10 @@ rule score_cell:
     threads: config["threads"]
     resources:
         gpu=W.gpu(config),
+        num_workers=config["data"]["num_workers"],
     conda:
         ENV
     shell:
-        "bilora score --spec {params.spec:q} --model {input.model} --manifest {input.manifests}"
-        " --train-generator {wildcards.generator} --out {output} --threads {threads} > {log} 2>&1"
+        "python3 -m bilora.cli score --spec {params.spec:q} --model {input.model} --manifest {input.manifests}"
+        " --train-generator {wildcards.generator} --out {output} --threads {threads}"
+        " --num-workers {resources.num_workers} > {log} 2>&1"

@@ -15,7 +15,7 @@ rule compute_metrics:
     conda:
         ENV
     shell:
-        "bilora metrics --spec {params.spec:q} --scores {input} --out {output.parquet} > {log} 2>&1"
+        "python3 -m bilora.cli metrics --spec {params.spec:q} --scores {input} --out {output.parquet} > {log} 2>&1"
 
 
 rule render_report:
@@ -34,5 +34,5 @@ rule render_report:
     conda:
         ENV
     shell:
-        "bilora report --spec {params.spec:q} --metrics {input} --tables {params.tables}"
+        "python3 -m bilora.cli report --spec {params.spec:q} --metrics {input} --tables {params.tables}"
         " --figures {params.figures} > {log} 2>&1"

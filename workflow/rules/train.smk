@@ -13,7 +13,7 @@ rule build_base_model:
     conda:
         ENV
     shell:
-        "bilora build-base --spec {params.spec:q} --out {output} --threads {threads} > {log} 2>&1"
+        "python3 -m bilora.cli build-base --spec {params.spec:q} --out {output} --threads {threads} > {log} 2>&1"
 
 
 rule train_detector:
@@ -31,8 +31,11 @@ rule train_detector:
     threads: config["threads"]
     resources:
         gpu=W.gpu(config),
+        # not a rerun trigger (unlike params): decoding workers do not change results
+        num_workers=config["data"]["num_workers"],
     conda:
         ENV
     shell:
-        "bilora train --spec {params.spec:q} --manifest {input.manifests} {params.base}"
-        " --out {output.model} --checkpoint-dir {params.checkpoint} --threads {threads} > {log} 2>&1"
+        "python3 -m bilora.cli train --spec {params.spec:q} --manifest {input.manifests} {params.base}"
+        " --out {output.model} --checkpoint-dir {params.checkpoint} --threads {threads}"
+        " --num-workers {resources.num_workers} > {log} 2>&1"
