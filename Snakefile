@@ -1,8 +1,8 @@
 # bilora-bench: the whole benchmark as one DAG.
 #   data -> train(detector, training generator) -> score -> metrics -> tables, figures
 # With no flags the embedded default runs (workflow/config/default.yaml). A config that
-# names `run` is complete (--configfile workflow/config/paper.yaml); one that does not is
-# an overlay on the default. Either way it is validated against workflow/schemas/.
+# sets every top-level key is complete (--configfile workflow/config/paper.yaml); any
+# other is an overlay on the default. Either way it is validated against workflow/schemas/.
 import os
 from pathlib import Path
 

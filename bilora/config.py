@@ -1,8 +1,9 @@
 """Configuration: loading, merging, validation against the JSON schema, per-cell slices.
 
-A config that names ``run`` is complete and used as is (``--configfile
-workflow/config/paper.yaml``); otherwise it is an overlay deep-merged on top of
-the embedded default. Either way the result is validated against
+A config that sets every top-level key is complete and used as is
+(``--configfile workflow/config/paper.yaml``): nothing of the default leaks in.
+Otherwise it is an overlay deep-merged on top of the embedded default. Either way
+the result is validated against
 ``bilora/schemas/config.schema.yaml`` (also ``workflow/schemas/``), and an error
 names the key at fault. This module imports no torch: the Snakefile uses it.
 """
@@ -100,10 +101,15 @@ def _cross_check(cfg: dict[str, Any], source: str) -> None:
                                   f"(known: {', '.join(provided)})")
 
 
+def is_complete(given: dict[str, Any]) -> bool:
+    """Whether a config sets every top-level key (then it is not merged on the default)."""
+    return all(k in given for k in schema()["required"])
+
+
 def resolve(given: dict[str, Any], default_path: str | os.PathLike,
             source: str = "config") -> dict[str, Any]:
-    """The config a run uses: ``given`` if it names ``run``, else default + ``given``."""
-    cfg = given if "run" in given else deep_merge(load_yaml(default_path), given)
+    """The config a run uses: ``given`` if complete, else default + ``given``."""
+    cfg = given if is_complete(given) else deep_merge(load_yaml(default_path), given)
     return validate(copy.deepcopy(cfg), source)
 
 

@@ -34,9 +34,11 @@ def test_paper_setup_is_the_papers():
     assert pert["downscale"] == [112] and pert["mixed"] == ["random"]
 
 
-def test_overlay_without_run_is_merged_on_the_default(default_cfg):
-    cfg = C.resolve({"seed": 7, "detectors": {"resnet50": {"train": {"epochs": 5}}}}, DEFAULT)
-    assert cfg["seed"] == 7
+def test_partial_config_is_an_overlay_on_the_default(default_cfg):
+    cfg = C.resolve({"run": "abl", "seed": 7,
+                     "detectors": {"resnet50": {"train": {"epochs": 5}}}}, DEFAULT)
+    assert cfg["run"] == "abl" and cfg["seed"] == 7
+    assert cfg["generators"] == default_cfg["generators"]
     assert cfg["detectors"]["resnet50"]["train"]["epochs"] == 5
     assert cfg["detectors"]["resnet50"]["train"]["lr"] == \
         default_cfg["detectors"]["resnet50"]["train"]["lr"]
