@@ -43,11 +43,11 @@ MARKER = "sim-"
 # differ in strength so that cross-generator transfer is not trivially perfect.
 STAND_INS: dict[str, tuple[str, dict]] = {
     "LDM": ("latent_diffusion", {"offset": 20.0, "smooth": 0.4}),
-    "SD14": ("latent_diffusion", {"offset": 24.0, "smooth": 0.5}),
-    "ADM": ("diffusion", {"sigma": 1.4, "noise": 8.0, "grid": 5.0}),
-    "DDPM": ("diffusion", {"sigma": 1.6, "noise": 10.0, "grid": 6.0}),
-    "IDDPM": ("diffusion", {"sigma": 1.5, "noise": 9.0, "grid": 5.5}),
-    "PNDM": ("diffusion", {"sigma": 1.8, "noise": 11.0, "grid": 7.0}),
+    "SD14": ("latent_diffusion", {"offset": 30.0, "smooth": 0.5}),
+    "ADM": ("diffusion", {"sigma": 1.4, "noise": 8.0, "grid": 7.5}),
+    "DDPM": ("diffusion", {"sigma": 1.6, "noise": 10.0, "grid": 8.5}),
+    "IDDPM": ("diffusion", {"sigma": 1.5, "noise": 9.0, "grid": 8.0}),
+    "PNDM": ("diffusion", {"sigma": 1.8, "noise": 11.0, "grid": 9.5}),
     "GLIDE": ("cascaded", {"factor": 4, "amount": 1.6}),
     "ProGAN": ("gan", {"amp": 9.0, "blur": 0.0}),
     "StyleGAN": ("gan", {"amp": 6.0, "blur": 0.0}),
