@@ -80,7 +80,7 @@ class Detector(nn.Module, metaclass=ABCMeta):
         return {k: v.detach().clone() for k, v in self.state_dict().items()}
 
     def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.load_state_dict(state, strict=False)
+        self.load_state_dict(state, strict=True)
 
     def frozen_submodules(self) -> list[nn.Module]:
         """Submodules kept in eval mode during training (frozen, no dropout)."""
