@@ -62,7 +62,6 @@ def cmd_make_procedural(args: argparse.Namespace) -> int:
     ds = spec["dataset"]
     out = Path(args.out)
     make_dataset(ProceduralSpec(generators=ds["generators"],
-                                train_generators=ds["generators"],
                                 image_size=ds["image_size"],
                                 train_per_class=ds["train_per_class"],
                                 test_per_class=ds["test_per_class"], seed=spec["seed"]),

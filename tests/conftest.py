@@ -32,7 +32,7 @@ def tiny_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("procedural")
     make_dataset(ProceduralSpec(
         generators=["sim-LDM", "sim-ProGAN", "sim-ADM", "sim-GLIDE"],
-        train_generators=["sim-LDM", "sim-ProGAN", "sim-ADM"], image_size=48,
+        image_size=48,
         train_per_class=48, test_per_class=24, seed=3), out, progress=False)
     return out / "manifest.parquet"
 

@@ -7,8 +7,8 @@ from bilora.data.manifest import manifest_digest
 
 
 def _make(tmp_path, seed):
-    spec = P.ProceduralSpec(generators=["sim-LDM", "sim-ProGAN"], train_generators=["sim-LDM"],
-                            image_size=32, train_per_class=4, test_per_class=3, seed=seed)
+    spec = P.ProceduralSpec(generators=["sim-LDM", "sim-ProGAN"], image_size=32,
+                            train_per_class=4, test_per_class=3, seed=seed)
     return P.make_dataset(spec, tmp_path, progress=False)
 
 
@@ -25,7 +25,7 @@ def test_canonical_layout_with_the_real_test_set_stored_once(tmp_path):
     assert set(df.columns) == {"path", "label", "generator", "split", "sha1"}
     assert (tmp_path / "train/sim-LDM/0_real/000000.png").exists()
     assert (tmp_path / "train/sim-LDM/1_fake/000003.png").exists()
-    assert not (tmp_path / "train/sim-ProGAN").exists()  # not a training generator
+    assert len(list((tmp_path / "train/sim-ProGAN/1_fake").iterdir())) == 4
     assert len(list((tmp_path / "test/Real").iterdir())) == 3
     assert not (tmp_path / "test/sim-LDM/0_real").exists()
     test = df[df.split == "test"]

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bilora.atomic import write_json
+
 MARKER_DIR = ".bilora-extract"
 
 
@@ -245,15 +247,5 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, force: 
         raise ExtractError(f"could not extract {archive} into {dest}: {exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    marker = _marker_path(archive, dest)
-    marker.parent.mkdir(exist_ok=True)
-    tmp_marker = marker.with_name(marker.name + ".tmp")
-    tmp_marker.write_text(json.dumps(_fingerprint(archive), indent=1) + "\n")
-    os.replace(tmp_marker, marker)
+    write_json(_marker_path(archive, dest), _fingerprint(archive))
     return True
-
-
-def extract_archives(archives: Iterable[str | os.PathLike], dest: str | os.PathLike,
-                     force: bool = False) -> list[bool]:
-    """Extract several archives into one folder; returns, per archive, whether it was extracted."""
-    return [extract_archive(a, dest, force=force) for a in archives]

@@ -26,8 +26,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-RICKER_GENERATORS = ("ADM", "DDPM", "Diff-ProjectedGAN", "Diff-StyleGAN2", "IDDPM", "LDM",
-                     "PNDM", "ProGAN", "ProjectedGAN", "StyleGAN")
+from bilora.data.ricker import RICKER_GENERATORS
+
 DIGEST_ALIASES = {"ricker-test": "test", "ricker-train": "train", "ricker-val": "val"}
 
 

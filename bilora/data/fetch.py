@@ -25,14 +25,13 @@ not resume a cut download with Range, or not with a pinned lock file).
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import inspect
 import json
 import os
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +39,8 @@ from pathlib import Path
 import urllib3
 from urllib3.exceptions import HTTPError, MaxRetryError, ProtocolError, ReadTimeoutError
 from urllib3.util import Retry, Timeout
+
+from bilora.atomic import file_hexdigest, symlink, write_json
 
 LOCK_VERSION = 1
 RETRY_STATUSES = (429, 500, 502, 503, 504)
@@ -89,6 +90,50 @@ def _check_key(key: object, where: str) -> str:
     return key
 
 
+# (key, size, (md5, its field name, how the raw value is shown), (url, its field name))
+_Fields = tuple[object, object, tuple[object, str, str], tuple[object, str]]
+
+
+def _listing_fields(f: dict) -> _Fields:
+    """The fields of a Zenodo listing entry, with the names the errors use."""
+    checksum = f.get("checksum")
+    md5 = checksum[4:].lower() if isinstance(checksum, str) and checksum.startswith("md5:") \
+        else None
+    links = f.get("links")
+    url = links.get("self") if isinstance(links, dict) else None
+    return f.get("key"), f.get("size"), (md5, "checksum", repr(checksum) + ", not 'md5:<hex>'"), \
+        (url, "links.self")
+
+
+def _lock_fields(f: dict) -> _Fields:
+    md5 = f.get("md5")
+    return f.get("key"), f.get("size"), (md5, "md5", repr(md5) + ", not 32 hex digits"), \
+        (f.get("url"), "url")
+
+
+def _remote_files(files: object, where: str, fields: Callable[[dict], _Fields],
+                  empty_hint: str) -> list[RemoteFile]:
+    """Validate the ``files`` list of a Zenodo listing or of a lock file (``fields`` maps an
+    entry to its key, size, md5 and url); FetchError names ``where`` and the entry."""
+    if not isinstance(files, list) or not files:
+        raise FetchError(f"{where}: no 'files' list{empty_hint}")
+    out = []
+    for i, f in enumerate(files):
+        at = f"{where}: files[{i}]"
+        if not isinstance(f, dict):
+            raise FetchError(f"{at} is not an object")
+        key, size, (md5, md5_name, md5_shown), (url, url_name) = fields(f)
+        key = _check_key(key, at)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise FetchError(f"{at} ({key}): 'size' is {size!r}, not a byte count")
+        if not isinstance(md5, str) or not _MD5.match(md5):
+            raise FetchError(f"{at} ({key}): '{md5_name}' is {md5_shown}")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise FetchError(f"{at} ({key}): '{url_name}' is {url!r}, not a URL")
+        out.append(RemoteFile(key, size, md5, url))
+    return out
+
+
 def parse_listing(data: object, source: str) -> list[RemoteFile]:
     """Turn a Zenodo record JSON into RemoteFiles; FetchError names ``source`` and the fault.
 
@@ -96,27 +141,8 @@ def parse_listing(data: object, source: str) -> list[RemoteFile]:
     """
     if not isinstance(data, dict):
         raise FetchError(f"malformed {source}: expected a JSON object")
-    files = data.get("files")
-    if not isinstance(files, list) or not files:
-        raise FetchError(f"malformed {source}: no 'files' list (is the record public and "
-                         "its id right?)")
-    out = []
-    for i, f in enumerate(files):
-        where = f"malformed {source}: files[{i}]"
-        if not isinstance(f, dict):
-            raise FetchError(f"{where} is not an object")
-        key = _check_key(f.get("key"), where)
-        size, checksum = f.get("size"), f.get("checksum")
-        link = (f.get("links") or {}).get("self") if isinstance(f.get("links"), dict) else None
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise FetchError(f"{where} ({key}): 'size' is {size!r}, not a byte count")
-        if not isinstance(checksum, str) or not checksum.startswith("md5:") \
-                or not _MD5.match(checksum[4:].lower()):
-            raise FetchError(f"{where} ({key}): 'checksum' is {checksum!r}, not 'md5:<hex>'")
-        if not isinstance(link, str) or not link.startswith(("http://", "https://")):
-            raise FetchError(f"{where} ({key}): 'links.self' is {link!r}, not a URL")
-        out.append(RemoteFile(key, size, checksum[4:].lower(), link))
-    return out
+    return _remote_files(data.get("files"), f"malformed {source}", _listing_fields,
+                         " (is the record public and its id right?)")
 
 
 def read_listing(http: urllib3.PoolManager, base_url: str, record: str | int) -> list[RemoteFile]:
@@ -138,7 +164,6 @@ def read_listing(http: urllib3.PoolManager, base_url: str, record: str | int) ->
 def write_lock(path: str | os.PathLike, base_url: str, record: str | int,
                files: Sequence[RemoteFile]) -> None:
     """Pin a listing in a JSON lock file (written atomically)."""
-    path = Path(path)
     doc = {
         "version": LOCK_VERSION,
         "base_url": base_url.rstrip("/"),
@@ -147,10 +172,7 @@ def write_lock(path: str | os.PathLike, base_url: str, record: str | int,
         "pinned_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": [asdict(f) for f in files],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json(path, doc)
 
 
 def read_lock(path: str | os.PathLike, base_url: str | None = None,
@@ -172,24 +194,8 @@ def read_lock(path: str | os.PathLike, base_url: str | None = None,
     if base_url is not None and doc.get("base_url") != base_url.rstrip("/"):
         raise FetchError(f"lock file {path} was pinned from {doc.get('base_url')}, not "
                          f"{base_url.rstrip('/')}; delete it to re-pin")
-    files = doc.get("files")
-    if not isinstance(files, list) or not files:
-        raise FetchError(f"lock file {path} has no 'files' list; delete it to re-pin")
-    out = []
-    for i, f in enumerate(files):
-        where = f"lock file {path}: files[{i}]"
-        if not isinstance(f, dict):
-            raise FetchError(f"{where} is not an object")
-        key, size, md5, url = (f.get(k) for k in ("key", "size", "md5", "url"))
-        _check_key(key, where)
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise FetchError(f"{where} ({key}): 'size' is {size!r}, not a byte count")
-        if not isinstance(md5, str) or not _MD5.match(md5):
-            raise FetchError(f"{where} ({key}): 'md5' is {md5!r}, not 32 hex digits")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise FetchError(f"{where} ({key}): 'url' is {url!r}, not a URL")
-        out.append(RemoteFile(key, size, md5, url))
-    return out
+    return _remote_files(doc.get("files"), f"lock file {path}", _lock_fields,
+                         "; delete it to re-pin")
 
 
 def ensure_lock(lock: str | os.PathLike, base_url: str, record: str | int,
@@ -218,20 +224,6 @@ def select(files: Sequence[RemoteFile], patterns: Sequence[str] | None) -> list[
             raise FetchError(f"pattern {pat!r} matches no file of the record; files: "
                              f"{', '.join(f.key for f in files)}")
     return [f for f in files if any(fnmatch.fnmatchcase(f.key, p) for p in patterns)]
-
-
-def md5_of_file(path: str | os.PathLike, progress: bool = False, chunk: int = 1 << 20) -> str:
-    """Hex md5 of a file's bytes."""
-    from tqdm import tqdm
-
-    path = Path(path)
-    digest = hashlib.md5()
-    with open(path, "rb") as fh, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
-                                      desc=f"md5 {path.name}", disable=not progress) as bar:
-        while block := fh.read(chunk):
-            digest.update(block)
-            bar.update(len(block))
-    return digest.hexdigest()
 
 
 def check_disk(dest: str | os.PathLike, needed: int) -> None:
@@ -347,7 +339,7 @@ def download(http: urllib3.PoolManager, f: RemoteFile, dest: str | os.PathLike,
         if cuts > retries:
             raise FetchError(f"download of {f.key} from {f.url} did not complete after "
                              f"{cuts} tries; partial data kept in {part}, run again to resume")
-    got = md5_of_file(part, progress=progress)
+    got = file_hexdigest(part, "md5", progress=progress)
     if got != f.md5:
         part.unlink()
         raise FetchError(f"checksum mismatch for {f.key} from {f.url}: md5 {got}, expected "
@@ -365,24 +357,11 @@ def verify_local(f: RemoteFile, path: str | os.PathLike, progress: bool = True) 
     size = path.stat().st_size
     if size != f.size:
         raise FetchError(f"{path} has {size} bytes, the lock file pins {f.size} for {f.key}")
-    got = md5_of_file(path, progress=progress)
+    got = file_hexdigest(path, "md5", progress=progress)
     if got != f.md5:
         raise FetchError(f"checksum mismatch for {path}: md5 {got}, the lock file pins {f.md5} "
                          f"for {f.key}")
     return path
-
-
-def _link(src: Path, link: Path) -> None:
-    tmp = link.with_name(link.name + ".link-tmp")
-    tmp.unlink(missing_ok=True)
-    os.symlink(src.resolve(), tmp)
-    os.replace(tmp, link)
-
-
-def _write_done(path: Path, entries: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"files": entries}, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def fetch_zenodo(base_url: str, record: str | int, lock: str | os.PathLike,
@@ -409,7 +388,7 @@ def fetch_zenodo(base_url: str, record: str | int, lock: str | os.PathLike,
             src = verify_local(f, archives_dir / f.key, progress=progress)
             target = dest / f.key
             if target.resolve() != src.resolve():
-                _link(src, target)
+                symlink(src, target)
             paths.append(target)
     else:
         todo = []
@@ -430,6 +409,7 @@ def fetch_zenodo(base_url: str, record: str | int, lock: str | os.PathLike,
             download(http, f, dest, retries=retries, backoff_factor=backoff_factor,
                      backoff_max=backoff_max, chunk=chunk, progress=progress)
         paths = [dest / f.key for f in files]
-    _write_done(dest / DONE_NAME, [{"key": f.key, "size": f.size, "md5": f.md5,
-                                    "path": str(p)} for f, p in zip(files, paths, strict=True)])
+    write_json(dest / DONE_NAME, {"files": [
+        {"key": f.key, "size": f.size, "md5": f.md5, "path": str(p)}
+        for f, p in zip(files, paths, strict=True)]})
     return paths

@@ -34,6 +34,8 @@ import hashlib
 import os
 import stat
 
+from bilora.atomic import file_hexdigest
+
 #: Published digest of ``diffusion_model_deepfakes_lsun_bedroom/test/`` (Ricker et al.).
 RICKER_TEST_DIGEST = "68bd7326113b9cde3cd4eadf1e10e5fca77df751"
 #: Published digest of ``train/`` after the real halves are rebuilt from LSUN.
@@ -75,14 +77,6 @@ def list_files_like_find(directory: str | os.PathLike) -> list[bytes]:
     return found
 
 
-def _sha1_file(path: bytes, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def tree_digest(directory: str | os.PathLike) -> str:
     """Hex digest of ``find DIR -type f -print0 | sort -z | xargs -0 sha1sum | cut -d " " -f 1
     | sha1sum`` under ``LC_ALL=C`` (see the module docstring for the fine print)."""
@@ -92,7 +86,8 @@ def tree_digest(directory: str | os.PathLike) -> str:
         outer.update(f"{_EMPTY_SHA1}\n".encode())
     for path in paths:
         escaped = any(ch in path for ch in _ESCAPED)
-        outer.update(("\\" if escaped else "").encode() + _sha1_file(path).encode() + b"\n")
+        line = ("\\" if escaped else "") + file_hexdigest(path, "sha1") + "\n"
+        outer.update(line.encode())
     return outer.hexdigest()
 
 

@@ -38,8 +38,9 @@ from typing import Any
 
 from PIL import Image
 
-RICKER_GENERATORS = ("ADM", "DDPM", "Diff-ProjectedGAN", "Diff-StyleGAN2", "IDDPM", "LDM",
-                     "PNDM", "ProGAN", "ProjectedGAN", "StyleGAN")
+from bilora.atomic import atomic_path, write_json
+from bilora.data.ricker import RICKER_GENERATORS
+
 DONE_NAME = "lsun_real.done.json"
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 
@@ -113,9 +114,8 @@ def convert_record(data: bytes, size: int, where: str) -> Image.Image:
 def _write_png(job: tuple[int, bytes, str, int, str]) -> int:
     index, data, path, size, where = job
     img = convert_record(data, size, where)
-    tmp = f"{path}.tmp"
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
     return index
 
 
@@ -219,10 +219,7 @@ def rebuild_lsun_real(lmdb_path: str | os.PathLike, dest: str | os.PathLike,
                 _write_png(job)
                 written += 1
                 bar.update(1)
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps({"params": params, "images": plan.total - plan.skip}, indent=1)
-                   + "\n")
-    os.replace(tmp, marker)
+    write_json(marker, {"params": params, "images": plan.total - plan.skip})
     return written
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from bilora.atomic import atomic_path
+from bilora.atomic import atomic_path, file_hexdigest
 
 COLUMNS = ["path", "label", "generator", "split", "sha1"]
 MANIFEST_NAME = "manifest.parquet"
@@ -39,13 +39,9 @@ class Entry:
     split: str
 
 
-def sha1_of_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def sha1_of_file(path: str | os.PathLike) -> str:
     """Return the hex sha1 of a file's bytes."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_hexdigest(path, "sha1")
 
 
 def check_image(path: str | os.PathLike) -> str | None:
@@ -106,7 +102,7 @@ def build_manifest(
                          "split": e.split, "sha1": digest})
     rejects_path = out.parent / REJECTS_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_csv(pd.DataFrame(rejects, columns=["path", "generator", "split", "reason"]),
+    write_csv_atomic(pd.DataFrame(rejects, columns=["path", "generator", "split", "reason"]),
                 rejects_path)
     if not entries:
         raise ManifestError(f"no images found for the manifest of {dataset_dir}")
@@ -137,7 +133,8 @@ def write_parquet_atomic(df: pd.DataFrame, out: str | os.PathLike, metadata: dic
         pq.write_table(table, tmp)
 
 
-def _atomic_csv(df: pd.DataFrame, out: Path) -> None:
+def write_csv_atomic(df: pd.DataFrame, out: str | os.PathLike) -> None:
+    """Write a csv file (no index) under a temporary name, then rename it into place."""
     with atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)
 

@@ -160,7 +160,6 @@ class ProceduralSpec:
     """What a procedural dataset holds (all from the config's dataset section)."""
 
     generators: list[str]
-    train_generators: list[str]
     image_size: int
     train_per_class: int
     test_per_class: int
@@ -184,7 +183,7 @@ def make_dataset(spec: ProceduralSpec, dataset_dir: str | os.PathLike,
                  max_rejected_fraction: float = 0.0, progress: bool = True, workers: int = 1):
     """Write the canonical layout and manifest of a procedural dataset.
 
-    ``train/<G>/{0_real,1_fake}`` for every training generator (its own reals, as in
+    ``train/<G>/{0_real,1_fake}`` for every generator (its own reals, as in
     Ricker et al.), ``test/<G>/1_fake`` for every generator, and one shared real test
     set ``test/Real/`` stored once and listed as the real half of every test generator.
     """
@@ -195,7 +194,7 @@ def make_dataset(spec: ProceduralSpec, dataset_dir: str | os.PathLike,
     if s % 8:
         raise ValueError(f"procedural image_size must be a multiple of 8, got {s}")
     jobs: list[tuple[str, int, str, str]] = []  # (relative path, label, generator, split)
-    for gen in spec.train_generators:
+    for gen in spec.generators:
         for label, folder in ((0, "0_real"), (1, "1_fake")):
             for i in range(spec.train_per_class):
                 rel = f"train/{gen}/{folder}/{i:06d}.png"
