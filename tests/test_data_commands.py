@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -16,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bilora.data.commands import main
+from bilora.cli import main
 from bilora.data.integrity import tree_digest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,11 +39,12 @@ def test_tree_digest_ok_mismatch_and_out(tmp_path, capsys):
                  "--out", str(tmp_path / "digest.txt")]) == 0
     assert digest in capsys.readouterr().out
     assert (tmp_path / "digest.txt").read_text() == digest + "\n"
-    with pytest.raises(SystemExit) as err:
-        main(["tree-digest", str(tmp_path / "d"), "--expect", "ricker-test",
-              "--out", str(tmp_path / "bad.txt")])
-    assert "68bd7326113b9cde3cd4eadf1e10e5fca77df751" in str(err.value)
-    assert str(tmp_path / "d") in str(err.value) and not (tmp_path / "bad.txt").exists()
+    assert main(["tree-digest", str(tmp_path / "d"), "--expect", "ricker-test",
+                 "--out", str(tmp_path / "bad.txt")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("bilora tree-digest: error: integrity check failed")
+    assert "68bd7326113b9cde3cd4eadf1e10e5fca77df751" in err and err.count("\n") == 1
+    assert str(tmp_path / "d") in err and not (tmp_path / "bad.txt").exists()
     assert main(["tree-digest", str(tmp_path / "d"), "--expect", "ricker-test", "--warn-only",
                  "--out", str(tmp_path / "warn.txt")]) == 0
     assert "warning: integrity check failed" in capsys.readouterr().err
@@ -52,7 +54,7 @@ def test_tree_digest_ok_mismatch_and_out(tmp_path, capsys):
 
 def test_tree_digest_exit_code_in_a_subprocess(tmp_path):
     _png(tmp_path / "d" / "a.png")
-    proc = subprocess.run([sys.executable, "-m", "bilora.data.commands", "tree-digest",
+    proc = subprocess.run([sys.executable, "-m", "bilora.cli", "tree-digest",
                            str(tmp_path / "d"), "--expect", "0" * 40], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 1
@@ -60,7 +62,7 @@ def test_tree_digest_exit_code_in_a_subprocess(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_extract_writes_markers_and_refuses_escapes(tmp_path):
+def test_extract_writes_markers_and_refuses_escapes(tmp_path, capsys):
     good = tmp_path / "test.zip"
     with zipfile.ZipFile(good, "w") as zf:
         zf.writestr("ds/test/Real/0.png", _png(None))
@@ -79,13 +81,13 @@ def test_extract_writes_markers_and_refuses_escapes(tmp_path):
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as zf:
         zf.writestr("../escape.png", b"x")
-    with pytest.raises(SystemExit, match=r"bilora extract: error: .*evil\.zip: entry "
-                                         r"'\.\./escape\.png'"):
-        main(["extract", "--archive", str(evil), "--dest", str(tmp_path / "out2")])
+    assert main(["extract", "--archive", str(evil), "--dest", str(tmp_path / "out2")]) == 1
+    assert re.match(r"bilora extract: error: .*evil\.zip: entry '\.\./escape\.png'",
+                    capsys.readouterr().err)
     assert not (tmp_path / "escape.png").exists()
 
 
-def test_fetch_zenodo_with_archives_dir_offline(tmp_path):
+def test_fetch_zenodo_with_archives_dir_offline(tmp_path, capsys):
     have = tmp_path / "mine"
     data = {"test.zip": b"t" * 100, "train.zip": b"r" * 50}
     have.mkdir()
@@ -106,16 +108,15 @@ def test_fetch_zenodo_with_archives_dir_offline(tmp_path):
     assert [f["key"] for f in done["files"]] == ["test.zip"]
     assert (dest / "test.zip").read_bytes() == data["test.zip"]
     # the marker feeds `extract --from-fetch`; "test.zip" here is not a real archive
-    with pytest.raises(SystemExit, match="no archives to extract"):
-        main(["extract", "--from-fetch", str(dest / "fetch.done.json"), "--dest",
-              str(tmp_path / "raw")])
+    assert main(["extract", "--from-fetch", str(dest / "fetch.done.json"), "--dest",
+                 str(tmp_path / "raw")]) == 1
+    assert "no archives to extract" in capsys.readouterr().err
     lock.unlink()
-    with pytest.raises(SystemExit) as err:
-        main(["fetch-zenodo", "--base-url", base, "--record", "7528113", "--lock", str(lock),
-              "--dest", str(dest), "--archives-dir", str(have), "--retries", "0",
-              "--backoff-factor", "0", "--quiet"])
-    assert f"{base}/api/records/7528113" in str(err.value)
-    assert f"no lock file at {lock}" in str(err.value)
+    assert main(["fetch-zenodo", "--base-url", base, "--record", "7528113", "--lock", str(lock),
+                 "--dest", str(dest), "--archives-dir", str(have), "--retries", "0",
+                 "--backoff-factor", "0", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"{base}/api/records/7528113" in err and f"no lock file at {lock}" in err
 
 
 def test_rebuild_lsun_real(tmp_path):
@@ -140,7 +141,7 @@ def test_rebuild_lsun_real(tmp_path):
     assert json.loads((tmp_path / "lsun.done").read_text())["images"] == 4
 
 
-def test_organize_ricker_and_genimage(tmp_path):
+def test_organize_ricker_and_genimage(tmp_path, capsys):
     ds = tmp_path / "data" / "ricker"
     root = ds / "raw" / "diffusion_model_deepfakes_lsun_bedroom"
     for i in range(2):
@@ -164,8 +165,8 @@ def test_organize_ricker_and_genimage(tmp_path):
     args = ["organize", "--layout", "genimage", "--source", str(gi), "--dataset-dir",
             str(out.parent), "--generator", "GLIDE", "--split-map", "train=train,val=test",
             "--out", str(out), "--quiet", "--max-rejected-fraction"]
-    with pytest.raises(SystemExit, match=r"data\.max_rejected_fraction"):
-        main([*args, "0.1"])
+    assert main([*args, "0.1"]) == 1
+    assert "data.max_rejected_fraction" in capsys.readouterr().err
     assert main([*args, "0.25"]) == 0
     df = pd.read_parquet(out)
     assert sorted(zip(df.split, df.label, strict=True)) == [
@@ -173,10 +174,14 @@ def test_organize_ricker_and_genimage(tmp_path):
     assert all(os.path.isabs(p) for p in df.path)
 
 
-def test_registered_on_the_bilora_cli_when_present(tmp_path):
-    cli = pytest.importorskip("bilora.cli")
-    if not hasattr(cli, "main"):
-        pytest.skip("bilora.cli.main not written yet")
-    _png(tmp_path / "d" / "a.png")
-    assert cli.main(["tree-digest", str(tmp_path / "d"), "--expect",
-                     tree_digest(tmp_path / "d")]) in (0, None)
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only user errors become one line; anything else is a bug and propagates."""
+    import bilora.data.integrity as integrity
+
+    def boom(directory):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(integrity, "tree_digest", boom)
+    (tmp_path / "d").mkdir()
+    with pytest.raises(ZeroDivisionError):
+        main(["tree-digest", str(tmp_path / "d")])

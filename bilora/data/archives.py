@@ -30,11 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bilora.atomic import write_json
+from bilora.errors import DataError
 
 MARKER_DIR = ".bilora-extract"
 
 
-class ExtractError(RuntimeError):
+class ExtractError(DataError):
     """An archive could not be extracted safely."""
 
 

@@ -41,6 +41,7 @@ from urllib3.exceptions import HTTPError, MaxRetryError, ProtocolError, ReadTime
 from urllib3.util import Retry, Timeout
 
 from bilora.atomic import file_hexdigest, symlink, write_json
+from bilora.errors import DataError
 
 LOCK_VERSION = 1
 RETRY_STATUSES = (429, 500, 502, 503, 504)
@@ -48,7 +49,7 @@ DONE_NAME = "fetch.done.json"
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
 
 
-class FetchError(RuntimeError):
+class FetchError(DataError):
     """A file could not be fetched or verified; the message names the file and URL."""
 
 

@@ -35,6 +35,7 @@ import os
 import stat
 
 from bilora.atomic import file_hexdigest
+from bilora.errors import DataError
 
 #: Published digest of ``diffusion_model_deepfakes_lsun_bedroom/test/`` (Ricker et al.).
 RICKER_TEST_DIGEST = "68bd7326113b9cde3cd4eadf1e10e5fca77df751"
@@ -50,7 +51,7 @@ _EMPTY_SHA1 = hashlib.sha1(b"").hexdigest()
 _ESCAPED = (b"\\", b"\n", b"\r")
 
 
-class IntegrityError(RuntimeError):
+class IntegrityError(DataError):
     """A folder's digest differs from the expected one."""
 
 

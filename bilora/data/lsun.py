@@ -40,12 +40,13 @@ from PIL import Image
 
 from bilora.atomic import atomic_path, write_json
 from bilora.data.ricker import RICKER_GENERATORS
+from bilora.errors import DataError
 
 DONE_NAME = "lsun_real.done.json"
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 
 
-class LsunError(RuntimeError):
+class LsunError(DataError):
     """The LSUN rebuild could not be done; the message names the LMDB, record or folder."""
 
 

@@ -19,13 +19,14 @@ import pandas as pd
 from PIL import Image
 
 from bilora.atomic import atomic_path, file_hexdigest
+from bilora.errors import DataError
 
 COLUMNS = ["path", "label", "generator", "split", "sha1"]
 MANIFEST_NAME = "manifest.parquet"
 REJECTS_NAME = "rejects.csv"
 
 
-class ManifestError(RuntimeError):
+class ManifestError(DataError):
     """A manifest could not be built or read."""
 
 

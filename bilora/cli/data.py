@@ -14,7 +14,8 @@ tree-digest            ``--out PATH`` if given (the digest; on a mismatch only w
                        ``--warn-only``, then followed by ``MISMATCH``)
 =====================  ==========================================================
 
-A failing command prints one line naming the file, URL or key at fault and exits 1.
+A failing command prints one line naming the file, URL or key at fault and exits 1
+(the convention of :mod:`bilora.cli`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bilora.data.ricker import RICKER_GENERATORS
@@ -35,29 +35,6 @@ def _atomic_text(path: str | os.PathLike, text: str) -> None:
     from bilora.atomic import write_text
 
     write_text(path, text)
-
-
-def _errors() -> tuple[type[Exception], ...]:
-    # imported here: `bilora --help` should not pay for pandas, PIL and urllib3
-    from bilora.data.archives import ExtractError
-    from bilora.data.fetch import FetchError
-    from bilora.data.integrity import IntegrityError
-    from bilora.data.lsun import LsunError
-    from bilora.data.manifest import ManifestError
-
-    return (FetchError, ExtractError, LsunError, ManifestError, IntegrityError,
-            FileNotFoundError)
-
-
-def _guard(name: str, fn: Callable[[argparse.Namespace], int]
-           ) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        errors = _errors()
-        try:
-            return fn(args)
-        except errors as exc:
-            raise SystemExit(f"bilora {name}: error: {exc}") from exc
-    return run
 
 
 def _fetch(args: argparse.Namespace) -> int:
@@ -137,11 +114,10 @@ def _organize(args: argparse.Namespace) -> int:
 
 
 def _digest(args: argparse.Namespace) -> int:
-    from bilora.data.integrity import RICKER_DIGESTS, check_tree_digest, tree_digest
+    from bilora.data.integrity import RICKER_DIGESTS, IntegrityError, check_tree_digest, tree_digest
 
     if not os.path.isdir(args.dir):
-        raise FileNotFoundError(f"not a folder: {args.dir}")
-    from bilora.data.integrity import IntegrityError
+        raise IntegrityError(f"not a folder: {args.dir}")
 
     status = ""
     if args.expect:
@@ -179,7 +155,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify-existing", action="store_true",
                    help="re-hash files already under their final name")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_guard("fetch-zenodo", _fetch))
+    p.set_defaults(func=_fetch)
 
     p = sub.add_parser("extract", help="safely extract zip/tar archives into a folder")
     p.add_argument("--archive", nargs="+", help="archive files")
@@ -188,7 +164,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dest", required=True)
     p.add_argument("--force", action="store_true", help="extract even if marked done")
     p.add_argument("--done", help="marker file to write when all archives are extracted")
-    p.set_defaults(func=_guard("extract", _extract))
+    p.set_defaults(func=_extract)
 
     p = sub.add_parser("rebuild-lsun-real",
                        help="rebuild Ricker et al.'s real train/val halves from the LSUN LMDB")
@@ -204,7 +180,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes encoding PNGs")
     p.add_argument("--done", help="also copy the completion marker to this path")
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_guard("rebuild-lsun-real", _rebuild))
+    p.set_defaults(func=_rebuild)
 
     p = sub.add_parser("organize", help="map a folder onto the canonical layout: the manifest")
     p.add_argument("--layout", required=True, choices=["ricker", "canonical", "genimage"])
@@ -218,7 +194,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-rejected-fraction", type=float, required=True)
     p.add_argument("--out", required=True, help="manifest parquet to write")
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_guard("organize", _organize))
+    p.set_defaults(func=_organize)
 
     p = sub.add_parser("tree-digest", help="Ricker et al.'s folder digest (LC_ALL=C order)")
     p.add_argument("dir")
@@ -226,16 +202,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="file to write the digest to when it matches")
     p.add_argument("--warn-only", action="store_true",
                    help="on mismatch warn, exit 0, and write the digest marked MISMATCH")
-    p.set_defaults(func=_guard("tree-digest", _digest))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one of these subcommands alone: ``python -m bilora.data.commands ...``."""
-    parser = argparse.ArgumentParser(prog="bilora")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    p.set_defaults(func=_digest)
