@@ -47,23 +47,34 @@ def meta_bilora(det_cfg: dict[str, Any]):
 
 
 def describe(det_cfg: dict[str, Any]) -> list[str]:
-    """Lines of a model summary: total and trainable parameters, LoRA targets."""
-    if det_cfg["kind"] == "bilora":
-        from bilora.detector import lora_module_names
+    """Lines of a model summary of a detector section (its kind's describer, no weights)."""
+    from bilora.registry import kind, resolve
 
-        model = meta_bilora(det_cfg)
-        trainable, total = model.get_nb_trainable_parameters()
-        mods = lora_module_names(model)
-        base = det_cfg["base_model"].get("name_or_path", "tiny random base")
-        lines = [f"model: Blip2ForConditionalGeneration + LoRA ({base})",
-                 f"total parameters: {total:,}",
-                 f"trainable parameters: {trainable:,} ({100 * trainable / total:.3f} %)",
-                 f"LoRA r={det_cfg['lora']['r']} alpha={det_cfg['lora']['alpha']} "
-                 f"dropout={det_cfg['lora']['dropout']} on {len(mods)} modules:"]
-        lines += [f"  {m}" for m in mods]
-        if det_cfg.get("extra_trainable"):
-            lines.append("also trained: " + ", ".join(det_cfg["extra_trainable"]))
-        return lines
+    return resolve(kind(det_cfg["kind"]).describe)(det_cfg)
+
+
+def describe_bilora(det_cfg: dict[str, Any]) -> list[str]:
+    """Bi-LoRA's summary: total and trainable parameters, LoRA targets."""
+    from bilora.detector import lora_module_names
+
+    model = meta_bilora(det_cfg)
+    trainable, total = model.get_nb_trainable_parameters()
+    mods = lora_module_names(model)
+    base = det_cfg["base_model"]
+    name = base["name_or_path"] if base["source"] == "pretrained" else "tiny random base"
+    lines = [f"model: Blip2ForConditionalGeneration + LoRA ({name})",
+             f"total parameters: {total:,}",
+             f"trainable parameters: {trainable:,} ({100 * trainable / total:.3f} %)",
+             f"LoRA r={det_cfg['lora']['r']} alpha={det_cfg['lora']['alpha']} "
+             f"dropout={det_cfg['lora']['dropout']} on {len(mods)} modules:"]
+    lines += [f"  {m}" for m in mods]
+    if det_cfg["extra_trainable"]:
+        lines.append("also trained: " + ", ".join(det_cfg["extra_trainable"]))
+    return lines
+
+
+def describe_module(det_cfg: dict[str, Any]) -> list[str]:
+    """A generic summary: the detector built on the meta device, its parameter counts."""
     import torch
 
     from bilora.detectors import detector_class

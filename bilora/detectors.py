@@ -8,7 +8,6 @@ Evaluation, metrics and reports only ever see this interface.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from abc import ABCMeta, abstractmethod
@@ -21,14 +20,6 @@ from torch import nn
 from bilora.atomic import atomic_path
 
 DETECTOR_FILE = "detector.json"
-
-# kind -> "module:Class", imported only when a detector of that kind is used.
-KINDS: dict[str, str] = {
-    "bilora": "bilora.detector:BiLoRADetector",
-    "timm": "baselines.timm_detector:TimmDetector",
-    "dummy": "bilora.dummy:DummyDetector",
-}
-
 
 class Detector(nn.Module, metaclass=ABCMeta):
     """Base class: a binary real/fake detector on uint8 NCHW image batches."""
@@ -99,20 +90,25 @@ class Detector(nn.Module, metaclass=ABCMeta):
         return {"total": total, "trainable": trainable}
 
     def describe(self) -> str:
-        """A name for tables: what actually ran."""
-        return self.cfg.get("label") or self.kind
+        """What actually ran (written into the saved model's detector.json)."""
+        return self.kind
 
 
 def detector_class(kind: str) -> type[Detector]:
-    """The class registered for ``kind``; the error lists the known kinds."""
-    if kind not in KINDS:
-        raise KeyError(f"unknown detector kind {kind!r}; known kinds: {', '.join(sorted(KINDS))}")
-    module, name = KINDS[kind].split(":")
-    return getattr(importlib.import_module(module), name)
+    """The class registered for ``kind`` (:mod:`bilora.registry`); the error lists the known
+    kinds."""
+    from bilora.registry import kind as registry_kind
+    from bilora.registry import resolve
+
+    return resolve(registry_kind(kind).detector)
 
 
 def create_detector(cfg: dict[str, Any], seed: int, base_dir: str | None = None) -> Detector:
-    """Build an untrained detector from its config section (``cfg['kind']`` picks the class)."""
+    """Build an untrained detector from its config section (``cfg['kind']`` picks the class);
+    the section is validated and the schema's defaults are filled in first."""
+    from bilora.config import complete_detector
+
+    cfg = complete_detector(cfg)
     return detector_class(cfg["kind"]).build(cfg, seed=seed, base_dir=base_dir)
 
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from bilora.detectors import KINDS, create_detector, detector_class, load_detector, save_detector
+from bilora.detectors import create_detector, detector_class, load_detector, save_detector
+from bilora.registry import KINDS
 
 TIMM_CFG = {"kind": "timm", "model_name": "resnet50", "pretrained": False, "image_size": 32,
             "model_kwargs": {"layers": [1, 1, 1, 1], "channels": [8, 8, 16, 16],
