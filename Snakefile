@@ -14,18 +14,23 @@ _resolved = C.resolve(dict(config), Path(workflow.basedir) / "workflow/config/de
                       source=" + ".join(_given) or "the embedded default config")
 config.clear()
 config.update(_resolved)
+if workflow.is_main_process:  # model names (timm's registry, a base's path) fail here, not in a job
+    W.check_models(config)
 
 # Jobs run `python3 -m bilora.cli` with the code beside this Snakefile first on the path,
 # so --use-conda environments (which hold the dependencies) run this checkout's code too.
 os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])))
 RES = W.results(config)
+CELL = f"{RES}/{{detector}}/train={{generator}}/seed={{seed}}"
 ROOT = config["data"]["root"]
 ENV = "../../envs/bilora.yaml"  # relative to the rule files
 
 wildcard_constraints:
-    detector=W.regex(list(config["detectors"])),
+    detector=W.regex(W.detector_ids(config)),
     generator=W.regex(config["generators"]["train"]),
+    seed=W.regex([str(s) for s in C.seeds(config)]),
+    base=W.regex(list(W.bases(config))),
     dataset=W.regex(list(config["data"]["datasets"])),
 
 

@@ -1,11 +1,13 @@
-"""Configuration: loading, merging, validation against the JSON schema, per-cell slices.
+"""Configuration: loading, merging, validation (with the schema's defaults), cells, job slices.
 
-A config that sets every top-level key is complete and used as is
+A config that sets every required top-level key is complete and used as is
 (``--configfile workflow/config/paper.yaml``): nothing of the default leaks in.
-Otherwise it is an overlay deep-merged on top of the embedded default. Either way
-the result is validated against
-``bilora/schemas/config.schema.yaml`` (also ``workflow/schemas/``), and an error
-names the key at fault. This module imports no torch: the Snakefile uses it.
+Otherwise it is an overlay deep-merged on top of the embedded default. Either way the
+result is validated against ``bilora/schemas/config.schema.yaml`` (also
+``workflow/schemas/``), the schema's ``default:`` values are filled in, and an error
+names the key at fault. Every job's slice of the config (a rule's params, a rerun
+trigger) is built here, typed, in one place. This module imports no torch: the
+Snakefile uses it.
 """
 
 from __future__ import annotations
@@ -14,18 +16,20 @@ import copy
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import yaml
 
+from bilora.errors import ConfigError
+
+__all__ = ["ConfigError"]
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 SCHEMA_PATH = PACKAGE_DIR / "schemas" / "config.schema.yaml"
-
-
-class ConfigError(ValueError):
-    """A config is invalid; the message names the file (when known) and the key."""
+VARIANT_MARK = "@"
 
 
 @cache
@@ -57,16 +61,30 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@cache
+def _validator_class():
+    """A Draft 2020-12 validator that fills in each property's ``default`` as it validates."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, schema):
+        if validator.is_type(instance, "object"):
+            for name, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from check_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": properties_with_defaults})
+
+
 def _path(error) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "<top level>"
 
 
-def validate(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
-    """Validate against the schema and cross-check ids; raise ConfigError naming the key."""
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(schema())
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), e.path))
+def _raise_errors(errors, source: str) -> None:
+    errors = sorted(errors, key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
     if errors:
         lines = []
         for e in errors[:10]:
@@ -77,8 +95,29 @@ def validate(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
                 msg = f"unknown key(s) {extra}; known keys here: {known}"
             lines.append(f"  {_path(e)}: {msg}")
         raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines))
+
+
+def validate(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Validate ``cfg`` in place, filling in the schema's defaults; cross-check the ids.
+
+    Ablation variants are validated like any detector. Returns ``cfg``. Raises
+    ConfigError naming ``source`` and the key at fault.
+    """
+    _raise_errors(_validator_class()(schema()).iter_errors(cfg), source)
     _cross_check(cfg, source)
+    detector_schema = {"$ref": "#/$defs/detector", "$defs": schema()["$defs"]}
+    for vid, (section, _) in _expand_ablations(cfg, source).items():
+        _raise_errors(_validator_class()(detector_schema).iter_errors(section),
+                      f"{source}: ablation variant {vid}")
     return cfg
+
+
+def complete_detector(section: dict[str, Any], where: str = "detector") -> dict[str, Any]:
+    """A copy of one detector section, validated, with the schema's defaults filled in."""
+    section = copy.deepcopy(section)
+    detector_schema = {"$ref": "#/$defs/detector", "$defs": schema()["$defs"]}
+    _raise_errors(_validator_class()(detector_schema).iter_errors(section), where)
+    return section
 
 
 def generators_of(ds: dict[str, Any]) -> list[str]:
@@ -99,16 +138,20 @@ def _cross_check(cfg: dict[str, Any], source: str) -> None:
             if g not in provided:
                 raise ConfigError(f"{source}: generators.{role}: {g!r} is provided by no dataset "
                                   f"(known: {', '.join(provided)})")
+    for det in cfg["ablations"]:
+        if det not in cfg["detectors"]:
+            raise ConfigError(f"{source}: ablations.{det}: no detector {det!r}; known: "
+                              f"{', '.join(cfg['detectors'])}")
 
 
 def is_complete(given: dict[str, Any]) -> bool:
-    """Whether a config sets every top-level key (then it is not merged on the default)."""
+    """Whether a config sets every required top-level key (then it is not merged)."""
     return all(k in given for k in schema()["required"])
 
 
 def resolve(given: dict[str, Any], default_path: str | os.PathLike,
             source: str = "config") -> dict[str, Any]:
-    """The config a run uses: ``given`` if complete, else default + ``given``."""
+    """The config a run uses: ``given`` if complete, else default + ``given``; validated."""
     cfg = given if is_complete(given) else deep_merge(load_yaml(default_path), given)
     return validate(copy.deepcopy(cfg), source)
 
@@ -135,6 +178,100 @@ def digest(obj: Any, length: int = 12) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
+# -- detectors, variants and cells --------------------------------------------------------
+
+def _value_id(value: Any) -> str:
+    if isinstance(value, list):
+        return "+".join(_value_id(v) for v in value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value).replace("/", "_").replace(" ", "_")
+
+
+def _get(section: dict[str, Any], dotted: str, where: str) -> Any:
+    node: Any = section
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"{where}: {dotted!r} is not a key of the detector's section")
+        node = node[part]
+    return node
+
+
+def _set(section: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = section
+    for part in parents:
+        node = node[part]
+    node[last] = copy.deepcopy(value)
+
+
+def _expand_ablations(cfg: dict[str, Any], source: str = "config"
+                      ) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Variant id -> (its detector section, {base, key, value}) for every swept value."""
+    out: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for det, sweeps in cfg["ablations"].items():
+        base = cfg["detectors"][det]
+        for key, values in sweeps.items():
+            where = f"{source}: ablations.{det}.{key}"
+            current = _get(base, key, where)
+            short = key.rsplit(".", 1)[-1]
+            if sum(k.rsplit(".", 1)[-1] == short for k in sweeps) > 1:
+                short = key
+            for value in values:
+                if value == current:
+                    continue  # the base detector itself
+                section = copy.deepcopy(base)
+                _set(section, key, value)
+                section.pop("label", None)
+                vid = f"{det}{VARIANT_MARK}{short}={_value_id(value)}"
+                if vid in out:
+                    raise ConfigError(f"{where}: two values give the variant id {vid!r}")
+                out[vid] = (section, {"base": det, "key": key, "value": value})
+    return out
+
+
+def detectors(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every detector of the run, by id: the configured ones, then the ablation variants."""
+    return {**cfg["detectors"], **{v: sec for v, (sec, _) in _expand_ablations(cfg).items()}}
+
+
+def variants(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Ablation variant id -> {base, key, value} (what the sweep changed)."""
+    return {v: info for v, (_, info) in _expand_ablations(cfg).items()}
+
+
+def labels(cfg: dict[str, Any]) -> dict[str, str]:
+    """Display name of every detector (the report's business only; default the id)."""
+    out = {d: sec.get("label") or d for d, sec in cfg["detectors"].items()}
+    for v, info in variants(cfg).items():
+        short = info["key"].rsplit(".", 1)[-1]
+        out[v] = f"{out[info['base']]} [{short}={_value_id(info['value'])}]"
+    return out
+
+
+def seeds(cfg: dict[str, Any]) -> list[int]:
+    """Training seeds: ``seeds``, or ``[seed]`` when it is null."""
+    return list(cfg["seeds"]) if cfg["seeds"] is not None else [cfg["seed"]]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One trained model: detector x training generator x training seed."""
+
+    detector: str
+    train: str
+    seed: int
+
+    def path(self, cfg: dict[str, Any]) -> str:
+        return f"results/{cfg['run']}/{self.detector}/train={self.train}/seed={self.seed}"
+
+
+def cells(cfg: dict[str, Any], detector: str | None = None) -> list[Cell]:
+    """Every cell of the run (or of one detector), in table order."""
+    dets = [detector] if detector else list(detectors(cfg))
+    return [Cell(d, g, s) for d in dets for g in cfg["generators"]["train"] for s in seeds(cfg)]
+
+
 # -- slices: what one job depends on (passed as rule params, a rerun trigger) -------------
 
 def dataset_of(cfg: dict[str, Any], generator: str) -> str:
@@ -144,29 +281,87 @@ def dataset_of(cfg: dict[str, Any], generator: str) -> str:
     raise ConfigError(f"generator {generator!r} is provided by no dataset")
 
 
-def train_spec(cfg: dict[str, Any], detector: str, generator: str) -> dict[str, Any]:
-    det = cfg["detectors"][detector]
-    return {"detector_id": detector, "detector": {k: v for k, v in det.items() if k != "eval"},
-            "train_generator": generator, "seed": cfg["seed"], "device": cfg["device"]}
+def _model_section(section: dict[str, Any]) -> dict[str, Any]:
+    """A detector section without what does not change the trained model."""
+    return {k: v for k, v in section.items() if k not in ("label", "eval")}
 
 
-def score_spec(cfg: dict[str, Any], detector: str) -> dict[str, Any]:
-    return {"detector_id": detector, "eval": cfg["detectors"][detector]["eval"],
+class TrainSpec(TypedDict):
+    detector_id: str
+    detector: dict[str, Any]
+    train_generator: str
+    seed: int
+    device: str
+
+
+class ScoreSpec(TypedDict):
+    detector_id: str
+    eval: dict[str, Any]
+    test_generators: list[str]
+    seed: int
+    perturbations: dict[str, list]
+    protocol: str
+    device: str
+
+
+class ProceduralJobSpec(TypedDict):
+    dataset: dict[str, Any]
+    seed: int
+    max_rejected_fraction: float
+
+
+class BaseSpec(TypedDict):
+    kind: str
+    base: dict[str, Any]
+    seed: int
+
+
+class MetricsSpec(TypedDict):
+    threshold: float
+
+
+class ReportSpec(TypedDict):
+    run: str
+    train: list[str]
+    test: list[str]
+    labels: dict[str, str]
+    note: str
+    threshold: float
+
+
+def train_spec(cfg: dict[str, Any], detector: str, generator: str, seed: int) -> TrainSpec:
+    return {"detector_id": detector, "detector": _model_section(detectors(cfg)[detector]),
+            "train_generator": generator, "seed": seed, "device": cfg["device"]}
+
+
+def score_spec(cfg: dict[str, Any], detector: str) -> ScoreSpec:
+    return {"detector_id": detector, "eval": detectors(cfg)[detector]["eval"],
             "test_generators": cfg["generators"]["test"], "seed": cfg["seed"],
-            "perturbations": cfg["evaluation"]["perturbations"], "device": cfg["device"]}
+            "perturbations": cfg["evaluation"]["perturbations"],
+            "protocol": cfg["evaluation"]["protocol"], "device": cfg["device"]}
 
 
-def procedural_spec(cfg: dict[str, Any], dataset: str) -> dict[str, Any]:
-    ds = cfg["data"]["datasets"][dataset]
-    return {"dataset": ds, "seed": cfg["seed"],
+def procedural_spec(cfg: dict[str, Any], dataset: str) -> ProceduralJobSpec:
+    return {"dataset": cfg["data"]["datasets"][dataset], "seed": cfg["seed"],
             "max_rejected_fraction": cfg["data"]["max_rejected_fraction"]}
 
 
-def base_spec(cfg: dict[str, Any], detector: str) -> dict[str, Any]:
-    return {"tiny": cfg["detectors"][detector]["base_model"]["tiny"], "seed": cfg["seed"]}
+def base_spec(cfg: dict[str, Any], detector: str) -> BaseSpec:
+    """What determines a detector's built base (its kind's recipe decides), and the seed."""
+    from bilora.registry import base_recipe
+
+    section = detectors(cfg)[detector]
+    recipe = base_recipe(section)
+    if recipe is None:
+        raise ConfigError(f"detectors.{detector}: this detector trains from no built base")
+    return {"kind": section["kind"], "base": recipe.spec(section), "seed": cfg["seed"]}
 
 
-def report_spec(cfg: dict[str, Any]) -> dict[str, Any]:
+def metrics_spec(cfg: dict[str, Any]) -> MetricsSpec:
+    return {"threshold": cfg["evaluation"]["threshold"]}
+
+
+def report_spec(cfg: dict[str, Any]) -> ReportSpec:
     return {"run": cfg["run"], "train": cfg["generators"]["train"],
-            "test": cfg["generators"]["test"], "report": cfg["report"],
-            "threshold": cfg["evaluation"]["threshold"]}
+            "test": cfg["generators"]["test"], "labels": labels(cfg),
+            "note": cfg["report"]["note"], "threshold": cfg["evaluation"]["threshold"]}

@@ -10,6 +10,8 @@ is the ``generate`` mode.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ def lora_config(cfg: dict[str, Any]):
     return LoraConfig(
         r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
         target_modules=list(lora["target_modules"]), bias=lora["bias"],
-        modules_to_save=list(cfg.get("extra_trainable") or []) or None,
+        modules_to_save=list(cfg["extra_trainable"]) or None,
     )
 
 
@@ -44,6 +46,15 @@ def base_model_path(cfg: dict[str, Any], base_dir: str | None) -> str:
                              "(bilora build-base) passed as --base")
         return str(base_dir)
     return base["name_or_path"]
+
+
+def saved_base(folder: str | os.PathLike) -> str:
+    """The base a saved adapter folder names: a folder (relative to the adapter folder) or a
+    hub id."""
+    name = json.loads((Path(folder) / "adapter_config.json").read_text())[
+        "base_model_name_or_path"]
+    local = Path(folder) / name
+    return str(local.resolve()) if not Path(name).is_absolute() and local.is_dir() else name
 
 
 def _processor(path: str | Path):
@@ -108,15 +119,21 @@ class BiLoRADetector(Detector):
     def save_weights(self, folder: Path) -> None:
         self.model.save_pretrained(folder)
         self.processor.save_pretrained(folder)
+        # a base folder is named relative to the model folder (the saved model moves with the
+        # results tree, whatever the working directory); a hub id stays as it is
+        conf_path = folder / "adapter_config.json"
+        conf = json.loads(conf_path.read_text())
+        if Path(self.base_path).is_dir():
+            conf["base_model_name_or_path"] = os.path.relpath(Path(self.base_path).resolve(),
+                                                              folder.resolve())
+        conf_path.write_text(json.dumps(conf, indent=2, sort_keys=True))
 
     @classmethod
     def load_weights(cls, folder: Path, cfg: dict[str, Any]) -> BiLoRADetector:
-        import json
-
         from peft import PeftModel
         from transformers import Blip2ForConditionalGeneration
 
-        base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base = saved_base(folder)
         model = Blip2ForConditionalGeneration.from_pretrained(base,
                                                               dtype=torch_dtype(cfg["dtype"]))
         model = PeftModel.from_pretrained(model, folder)
@@ -125,7 +142,7 @@ class BiLoRADetector(Detector):
     # -- the interface ------------------------------------------------------
     def frozen_submodules(self) -> list[torch.nn.Module]:
         base = self.model.get_base_model()
-        extra = set(self.cfg.get("extra_trainable") or [])
+        extra = set(self.cfg["extra_trainable"])
         return [getattr(base, n) for n in ("vision_model", "qformer") if n not in extra]
 
     def pixel_values(self, images: torch.Tensor) -> torch.Tensor:
@@ -190,4 +207,4 @@ class BiLoRADetector(Detector):
         return lora_module_names(self.model)
 
     def describe(self) -> str:
-        return self.cfg.get("label") or f"Bi-LoRA ({self.base_path})"
+        return f"Bi-LoRA (BLIP-2 {self.base_path})"

@@ -13,8 +13,6 @@ from typing import Any
 
 from bilora import config as C
 
-RICKER_SPLITS = ("train", "val", "test")
-
 
 def results(cfg: dict[str, Any]) -> str:
     return f"results/{cfg['run']}"
@@ -47,21 +45,47 @@ def manifests_for(cfg: dict[str, Any], generators: list[str]) -> list[str]:
     return list(dict.fromkeys(manifest(cfg, C.dataset_of(cfg, g)) for g in generators))
 
 
-def cell(cfg: dict[str, Any], detector: str, generator: str) -> str:
-    return f"{results(cfg)}/{detector}/train={generator}"
+def detector_ids(cfg: dict[str, Any]) -> list[str]:
+    """Every detector of the run, ablation variants included."""
+    return list(C.detectors(cfg))
+
+
+def cell(cfg: dict[str, Any], detector: str, generator: str, seed: int | str) -> str:
+    return C.Cell(detector, generator, int(seed)).path(cfg)
+
+
+def check_models(cfg: dict[str, Any]) -> None:
+    """Each detector kind's model-name check, when the DAG is built (ConfigError names the key)."""
+    from bilora.registry import check_models as check
+
+    check(C.detectors(cfg))
+
+
+def bases(cfg: dict[str, Any]) -> dict[str, C.BaseSpec]:
+    """Built base models of the run by id (``<kind>-<hash of what makes it>``): detectors
+    whose recipe gives the same base share one."""
+    from bilora.registry import base_recipe
+
+    out = {}
+    for det, section in C.detectors(cfg).items():
+        if base_recipe(section) is not None:
+            spec = C.base_spec(cfg, det)
+            out[f"{spec['kind']}-{C.digest(spec, 10)}"] = spec
+    return out
 
 
 def base_model_dir(cfg: dict[str, Any], detector: str) -> list[str]:
-    """The built base a detector trains from: a tiny BLIP-2 folder, or nothing."""
-    det = cfg["detectors"][detector]
-    if det["kind"] == "bilora" and det["base_model"]["source"] == "tiny":
-        return [f"{results(cfg)}/{detector}/base"]
-    return []
+    """The built base a detector trains from (as a one-item list), or nothing."""
+    from bilora.registry import base_recipe
+
+    if base_recipe(C.detectors(cfg)[detector]) is None:
+        return []
+    spec = C.base_spec(cfg, detector)
+    return [f"{results(cfg)}/bases/{spec['kind']}-{C.digest(spec, 10)}"]
 
 
 def scores(cfg: dict[str, Any]) -> list[str]:
-    return [f"{cell(cfg, d, g)}/scores.parquet" for d in cfg["detectors"]
-            for g in cfg["generators"]["train"]]
+    return [f"{c.path(cfg)}/scores.parquet" for c in C.cells(cfg)]
 
 
 TABLES = ("detectors", "robustness")
@@ -69,12 +93,12 @@ FIGURES = ("robustness",)
 
 
 def tables(cfg: dict[str, Any]) -> list[str]:
-    names = [f"accuracy_matrix_{d}" for d in cfg["detectors"]] + list(TABLES)
+    names = [f"accuracy_matrix_{d}" for d in detector_ids(cfg)] + list(TABLES)
     return [f"{results(cfg)}/tables/{n}.{ext}" for n in names for ext in ("csv", "md", "tex")]
 
 
 def figures(cfg: dict[str, Any]) -> list[str]:
-    names = [f"heatmap_{d}" for d in cfg["detectors"]] + list(FIGURES)
+    names = [f"heatmap_{d}" for d in detector_ids(cfg)] + list(FIGURES)
     return [f"{results(cfg)}/figures/{n}.{ext}" for n in names for ext in ("png", "pdf")]
 
 
@@ -91,19 +115,17 @@ def raw_dir(cfg: dict[str, Any], dataset: str) -> str:
 
 
 def ricker_splits(cfg: dict[str, Any], dataset: str) -> list[str]:
-    return list(cfg["data"]["datasets"][dataset].get("splits") or RICKER_SPLITS)
+    return list(cfg["data"]["datasets"][dataset]["splits"])
 
 
 def fetch_args(cfg: dict[str, Any], dataset: str) -> str:
     ds = cfg["data"]["datasets"][dataset]
     z = ds["zenodo"]
-    lock = z.get("lock") or f"{dataset_dir(cfg, dataset)}/zenodo-{z['record']}.lock.json"
+    lock = z["lock"] or f"{dataset_dir(cfg, dataset)}/zenodo-{z['record']}.lock.json"
     args = ["--base-url", z["base_url"], "--record", z["record"], "--lock", lock,
             "--dest", f"{dataset_dir(cfg, dataset)}/archives", "--retries",
-            str(z.get("retries", 5))]
-    if z.get("files"):
-        args += ["--files", *z["files"]]
-    if ds.get("archives_dir"):
+            str(z["retries"]), "--files", *z["files"]]
+    if ds["archives_dir"]:
         args += ["--archives-dir", ds["archives_dir"]]
     return shlex.join(args)
 
@@ -111,7 +133,7 @@ def fetch_args(cfg: dict[str, Any], dataset: str) -> str:
 def lsun_args(cfg: dict[str, Any], dataset: str) -> str:
     ds = cfg["data"]["datasets"][dataset]
     lsun = ds["lsun"]
-    if not lsun.get("lmdb"):
+    if not lsun["lmdb"]:
         raise C.ConfigError(f"data.datasets.{dataset}.lsun.lmdb: the LSUN Bedroom train LMDB is "
                             f"needed to rebuild the real train/val halves (or set "
                             f"data.datasets.{dataset}.splits to [test])")
@@ -123,7 +145,7 @@ def lsun_args(cfg: dict[str, Any], dataset: str) -> str:
 
 
 def digest_args(cfg: dict[str, Any], dataset: str, split: str) -> str:
-    mode = cfg["data"]["datasets"][dataset].get("check_digests", {}).get(split, "error")
+    mode = cfg["data"]["datasets"][dataset]["check_digests"][split]
     args = [f"{raw_dir(cfg, dataset)}/{split}", "--expect", f"ricker-{split}"]
     return shlex.join(args + (["--warn-only"] if mode == "warn" else []))
 
@@ -138,8 +160,7 @@ def organize_inputs(cfg: dict[str, Any], dataset: str) -> list[str]:
     out = [f"{d}/raw/extract.done.json"]
     if {"train", "val"} & set(splits):
         out.append(f"{d}/raw/lsun_real.done.json")
-    checks = ds.get("check_digests", {})
-    out += [f"{d}/digests/{s}.sha1" for s in splits if checks.get(s, "error") != "off"]
+    out += [f"{d}/digests/{s}.sha1" for s in splits if ds["check_digests"][s] != "off"]
     return out
 
 
@@ -160,12 +181,12 @@ def organize_args(cfg: dict[str, Any], dataset: str) -> str:
                  "--generators", *ds["generators"], "--splits", *ricker_splits(cfg, dataset)]
     else:
         args += ["--layout", ds["layout"], "--source", ds["path"]]
-        if ds.get("generator"):
+        if "generator" in ds:
             args += ["--generator", ds["generator"]]
-        if ds.get("generators"):
+        else:
             args += ["--generators", *ds["generators"]]
-        if ds.get("splits"):
+        if ds["splits"]:
             args += ["--splits", *ds["splits"]]
-        if ds.get("split_map"):
+        if ds["split_map"]:
             args += ["--split-map", ",".join(f"{k}={v}" for k, v in ds["split_map"].items())]
     return shlex.join(args)

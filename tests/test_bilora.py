@@ -1,6 +1,8 @@
 """Bi-LoRA specifics: LoRA placement, caption loss, readouts, PEFT folder, paper scale."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +18,8 @@ def trained(tiny_base, tiny_data, default_cfg):
     from bilora.training import train_detector
 
     cfg = {**default_cfg["detectors"]["bilora"],
-           "train": {"epochs": 3, "batch_size": 16, "lr": 3e-3}}
+           "train": {**default_cfg["detectors"]["bilora"]["train"], "epochs": 3,
+                     "batch_size": 16, "lr": 3e-3}}
     det = BiLoRADetector.build(cfg, seed=0, base_dir=str(tiny_base))
     rows = load_rows([tiny_data], "train", ["sim-ProGAN"])
     import tempfile
@@ -97,7 +100,11 @@ def test_saved_model_is_a_peft_adapter_folder(trained, tmp_path, tiny_data):
     assert all("lora_" in k or "qformer" in k or "language_projection" in k for k in keys)
     conf = json.loads((tmp_path / "model" / "adapter_config.json").read_text())
     assert conf["r"] == 16 and conf["lora_alpha"] == 32 and conf["lora_dropout"] == 0.05
-    base = Blip2ForConditionalGeneration.from_pretrained(conf["base_model_name_or_path"])
+    # the base is named relative to the model folder, not to the working directory
+    assert not os.path.isabs(conf["base_model_name_or_path"])
+    base_dir = (tmp_path / "model" / conf["base_model_name_or_path"]).resolve()
+    assert base_dir == Path(trained.base_path).resolve()
+    base = Blip2ForConditionalGeneration.from_pretrained(base_dir)
     peft = PeftModel.from_pretrained(base, tmp_path / "model").eval()
     x, _ = _test_images(tiny_data, trained.input_size)
     expected = trained.predict_proba(x)
@@ -147,8 +154,9 @@ def test_bilora_resumes_to_the_same_adapter_weights(tiny_base, tiny_data, defaul
     from bilora.data.dataset import ImageTable, load_rows
     from bilora.training import train_detector
 
-    cfg = {**default_cfg["detectors"]["bilora"], "train": {"epochs": 2, "batch_size": 16,
-                                                           "lr": 3e-3}}
+    cfg = {**default_cfg["detectors"]["bilora"],
+           "train": {**default_cfg["detectors"]["bilora"]["train"], "epochs": 2,
+                     "batch_size": 16, "lr": 3e-3}}
     rows = load_rows([tiny_data], "train", ["sim-LDM"])
 
     def run(epochs_list, ckpt):

@@ -4,15 +4,15 @@
 
 rule score_cell:
     input:
-        model=f"{RES}/{{detector}}/train={{generator}}/model",
+        model=f"{CELL}/model",
         manifests=W.manifests_for(config, config["generators"]["test"]),
         base=lambda w: W.base_model_dir(config, w.detector),
     output:
-        f"{RES}/{{detector}}/train={{generator}}/scores.parquet",
+        f"{CELL}/scores.parquet",
     params:
         spec=lambda w: W.json_param(C.score_spec(config, w.detector)),
     log:
-        f"{RES}/{{detector}}/train={{generator}}/score.log",
+        f"{CELL}/score.log",
     threads: config["threads"]
     resources:
         gpu=W.gpu(config),
@@ -21,5 +21,5 @@ rule score_cell:
         ENV
     shell:
         "python3 -m bilora.cli score --spec {params.spec:q} --model {input.model} --manifest {input.manifests}"
-        " --train-generator {wildcards.generator} --out {output} --threads {threads}"
-        " --num-workers {resources.num_workers} > {log} 2>&1"
+        " --train-generator {wildcards.generator} --seed {wildcards.seed} --out {output}"
+        " --threads {threads} --num-workers {resources.num_workers} > {log} 2>&1"

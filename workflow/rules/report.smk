@@ -8,7 +8,7 @@ rule compute_metrics:
         parquet=f"{RES}/metrics.parquet",
         csv=f"{RES}/metrics.csv",
     params:
-        spec=W.json_param(C.report_spec(config)),
+        spec=W.json_param(C.metrics_spec(config)),
     log:
         f"{RES}/logs/compute_metrics.log",
     threads: 1

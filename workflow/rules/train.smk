@@ -1,14 +1,15 @@
-# Training: one job per cell (detector x training generator), resumable from
-# results/<run>/<detector>/train=<G>/checkpoint/ (not an output: survives a failed job).
+# Training: one job per cell (detector x training generator x seed), resumable from
+# results/<run>/<detector>/train=<G>/seed=<S>/checkpoint/ (not an output: it survives a
+# failed job, and a finished cell removes it).
 
 
 rule build_base_model:
     output:
-        directory(f"{RES}/{{detector}}/base"),
+        directory(f"{RES}/bases/{{base}}"),
     params:
-        spec=lambda w: W.json_param(C.base_spec(config, w.detector)),
+        spec=lambda w: W.json_param(W.bases(config)[w.base]),
     log:
-        f"{RES}/{{detector}}/build_base_model.log",
+        f"{RES}/bases/{{base}}.log",
     threads: 1
     conda:
         ENV
@@ -21,13 +22,13 @@ rule train_detector:
         manifests=lambda w: W.manifests_for(config, [w.generator]),
         base=lambda w: W.base_model_dir(config, w.detector),
     output:
-        model=directory(f"{RES}/{{detector}}/train={{generator}}/model"),
+        model=directory(f"{CELL}/model"),
     params:
-        spec=lambda w: W.json_param(C.train_spec(config, w.detector, w.generator)),
+        spec=lambda w: W.json_param(C.train_spec(config, w.detector, w.generator, int(w.seed))),
         base=lambda w, input: f"--base {input.base}" if input.base else "",
-        checkpoint=f"{RES}/{{detector}}/train={{generator}}/checkpoint",
+        checkpoint=f"{CELL}/checkpoint",
     log:
-        f"{RES}/{{detector}}/train={{generator}}/train.log",
+        f"{CELL}/train.log",
     threads: config["threads"]
     resources:
         gpu=W.gpu(config),
