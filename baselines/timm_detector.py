@@ -18,6 +18,19 @@ from bilora.detectors import Detector
 WEIGHTS = "model.safetensors"
 
 
+def check_config(section: dict[str, Any], key: str) -> None:
+    """The model name must be in timm's registry (checked when the DAG is built)."""
+    import timm
+
+    from bilora.errors import ConfigError
+
+    name = section["model_name"]
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name[:4]}*")[:8]
+        raise ConfigError(f"{key}.model_name: {name!r} is not a timm model"
+                          + (f"; similar: {', '.join(close)}" if close else ""))
+
+
 class TimmDetector(Detector):
     """A timm image classifier trained with cross-entropy on real (0) / fake (1)."""
 
@@ -39,14 +52,14 @@ class TimmDetector(Detector):
         import timm
 
         # timm edits some kwargs in place (xception's block_cfg): keep the config pristine
-        kwargs = copy.deepcopy(cfg.get("model_kwargs") or {})
+        kwargs = copy.deepcopy(cfg["model_kwargs"])
         return timm.create_model(cfg["model_name"], pretrained=pretrained, num_classes=2,
                                  **kwargs)
 
     @classmethod
     def build(cls, cfg: dict[str, Any], seed: int, base_dir: str | None = None) -> TimmDetector:
         torch.manual_seed(seed)
-        return cls(cfg, cls._create(cfg, bool(cfg.get("pretrained", False))))
+        return cls(cfg, cls._create(cfg, cfg["pretrained"]))
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, torch.float32) / 255.0
@@ -81,9 +94,7 @@ class TimmDetector(Detector):
         return cls(cfg, model)
 
     def describe(self) -> str:
-        if self.cfg.get("label"):
-            return self.cfg["label"]
-        kw = self.cfg.get("model_kwargs") or {}
+        kw = self.cfg["model_kwargs"]
         extra = ", ".join(f"{k}={v}" for k, v in sorted(kw.items()))
-        pre = "pretrained" if self.cfg.get("pretrained") else "from scratch"
+        pre = "pretrained" if self.cfg["pretrained"] else "from scratch"
         return f"{self.cfg['model_name']}({extra}) {self.input_size}px {pre}".replace("()", "")

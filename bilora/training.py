@@ -11,6 +11,7 @@ fingerprint differs) is ignored, never resumed.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -30,9 +31,37 @@ CHECKPOINT = "last.pt"
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: dict[str, Any]) -> torch.optim.Optimizer:
     """Adam (the paper's) or AdamW, from the detector's ``train`` section."""
-    name = cfg.get("optimizer", "adam")
-    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
-    return cls(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg["optimizer"]]
+    return cls(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+
+
+def learning_rate(cfg: dict[str, Any], step: int, total: int) -> float:
+    """The learning rate of optimisation step ``step`` of ``total`` (``train.schedule``).
+
+    A function of the step alone, so a resumed run follows the same schedule.
+    """
+    if cfg["schedule"] == "cosine":
+        return cfg["lr"] * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
+    return cfg["lr"]
+
+
+def augment(images: torch.Tensor, cfg: dict[str, Any]) -> torch.Tensor:
+    """The ``train.augment`` of a uint8 NCHW batch, drawn from torch's (seeded) RNG.
+
+    ``hflip`` mirrors half the images about a pixel boundary that is a multiple of their
+    width (flip, then shift by one pixel): a period that divides the width keeps its phase,
+    so 8-pixel decoder blocks or 2- and 4-pixel upsampling patterns survive the flip.
+    """
+    if cfg["augment"]["hflip"]:
+        flip = torch.rand(images.shape[0]) < 0.5
+        mirrored = images.flip(-1).roll(1, -1)
+        images = torch.where(flip[:, None, None, None], mirrored, images)
+    return images
+
+
+def augments(cfg: dict[str, Any]) -> bool:
+    """Whether training applies any random augmentation."""
+    return any(cfg["augment"].values())
 
 
 def train_detector(
@@ -74,8 +103,10 @@ def train_detector(
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not progress,
                    unit="batch", leave=False,
                    mininterval=0.1 if sys.stderr.isatty() else 30)
-        for images, labels in bar:
-            loss = detector.loss(images, labels)
+        for step, (images, labels) in enumerate(bar, start=epoch * len(loader)):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, step, cfg["epochs"] * len(loader))
+            loss = detector.loss(augment(images, cfg), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

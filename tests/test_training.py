@@ -6,13 +6,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from bilora.detectors import create_detector
-from bilora.training import CHECKPOINT, train_detector
+from bilora.training import CHECKPOINT, augment, learning_rate, train_detector
 
 SPEC = {"detector_id": "r", "train_generator": "sim-LDM", "seed": 11, "device": "cpu",
         "num_workers": 0,
@@ -20,7 +19,8 @@ SPEC = {"detector_id": "r", "train_generator": "sim-LDM", "seed": 11, "device": 
                      "image_size": 48, "model_kwargs": {"layers": [1, 1, 1, 1],
                                                         "channels": [8, 16, 16, 32],
                                                         "stem_width": 8},
-                     "train": {"epochs": 6, "batch_size": 16, "lr": 1e-3}}}
+                     "train": {"epochs": 6, "batch_size": 16, "lr": 1e-3},
+                     "eval": {"batch_size": 64}}}
 
 
 def _train(tmp, tiny_data, spec=SPEC):
@@ -43,10 +43,9 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_data):
     proc = _train(cut, tiny_data)
     ckpt = cut / "ckpt" / CHECKPOINT
     deadline = time.time() + 240
-    while not ckpt.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # into the next epoch
-    os.kill(proc.pid, signal.SIGKILL)
+    while not ckpt.exists() and time.time() < deadline:  # the first epoch's checkpoint
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)  # somewhere in the epochs after it
     proc.wait()
     assert not (cut / "model").exists()
     done = torch.load(ckpt, weights_only=False)["epoch"]
@@ -67,11 +66,11 @@ def test_checkpoint_for_other_settings_is_not_resumed(tmp_path, tiny_data, caplo
     rows = load_rows([tiny_data], "train", ["sim-LDM"])
     cfg = {**SPEC["detector"], "train": {"epochs": 1, "batch_size": 32, "lr": 1e-3}}
     det = create_detector(cfg, seed=0)
-    train_detector(det, ImageTable(rows, 48), cfg["train"], 0, tmp_path, "settings-A",
+    train_detector(det, ImageTable(rows, 48), det.cfg["train"], 0, tmp_path, "settings-A",
                    progress=False)
     det2 = create_detector(cfg, seed=0)
     with caplog.at_level("WARNING"):
-        hist = train_detector(det2, ImageTable(rows, 48), cfg["train"], 0, tmp_path,
+        hist = train_detector(det2, ImageTable(rows, 48), det2.cfg["train"], 0, tmp_path,
                               "settings-B", progress=False)
     assert "written for other settings" in caplog.text and len(hist) == 1
 
@@ -80,17 +79,33 @@ def test_loss_falls_over_epochs(tmp_path, tiny_data):
     from bilora.data.dataset import ImageTable, load_rows
 
     rows = load_rows([tiny_data], "train", ["sim-ProGAN"])
-    cfg = {"kind": "dummy", "image_size": 48, "train": {"epochs": 4, "batch_size": 16,
-                                                        "lr": 2e-2}}
-    hist = train_detector(create_detector(cfg, 0), ImageTable(rows, 48), cfg["train"], 0,
-                          tmp_path, "x", progress=False)
+    cfg = {"kind": "dummy", "image_size": 48, "eval": {"batch_size": 16},
+           "train": {"epochs": 4, "batch_size": 16, "lr": 2e-2}}
+    det = create_detector(cfg, 0)
+    hist = train_detector(det, ImageTable(rows, 48), det.cfg["train"], 0, tmp_path, "x",
+                          progress=False)
     assert hist[-1]["loss"] < hist[0]["loss"] and all(h["seconds"] > 0 for h in hist)
 
 
-@pytest.mark.parametrize("missing", ["sim-PNDM"])
-def test_training_on_a_generator_without_images_names_it(tiny_data, missing):
-    from bilora.data.dataset import load_rows
+def test_cosine_schedule_and_constant():
+    cfg = {"lr": 1e-3, "schedule": "cosine"}
+    assert learning_rate(cfg, 0, 100) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 50, 100) == pytest.approx(5e-4)
+    assert learning_rate(cfg, 99, 100) < 1e-6
+    assert learning_rate({"lr": 1e-3, "schedule": "constant"}, 99, 100) == 1e-3
 
-    with pytest.raises(KeyError, match=missing):
-        load_rows([tiny_data], "train", [missing])
-    assert Path(tiny_data).exists()
+
+def test_hflip_mirrors_about_a_grid_boundary():
+    """Half the batch is mirrored; a period-8 pattern keeps its phase (x -> W - x mod W)."""
+    x = torch.arange(16, dtype=torch.uint8).repeat(64, 3, 4, 1)  # 64 images, W = 16
+    torch.manual_seed(0)
+    out = augment(x, {"augment": {"hflip": True}})
+    flipped = (out != x).any((1, 2, 3))
+    assert 16 < int(flipped.sum()) < 48  # about half (expected 32)
+    col = out[flipped][0, 0, 0]
+    assert col.tolist() == [0] + list(range(15, 0, -1))  # column x holds (W - x) mod W
+    period8 = (torch.arange(16) % 8 == 0).to(torch.uint8).repeat(2, 3, 4, 1) * 255
+    torch.manual_seed(1)
+    assert torch.equal(augment(period8, {"augment": {"hflip": True}}), period8)
+    assert torch.equal(augment(x, {"augment": {"hflip": False}}), x)
+
