@@ -1,69 +1,399 @@
-"""Detection metrics from per-image scores. Never imports a model class.
+"""Detection metrics from per-image scores, with seeded intervals. Never imports a model class.
 
-``P(fake) >= threshold`` is a fake prediction; an image without a label from the
-detector (NaN score, the paper's unmapped token) counts as wrong. Metrics:
+A *group* is one set of images scored by one trained model: (detector, train, seed, test,
+perturbation, level). Fake is the positive class. Per group:
 
-- ``accuracy``, ``f1`` (fake is the positive class),
-- ``auc``: ROC AUC from the scores (the threshold-free one),
-- ``auc_hard``: ROC AUC from the hard 0/1 predictions, as the paper computed it
-  (it equals balanced accuracy),
-- ``ap``: average precision from the scores,
-- ``pd@5%``, ``pd@1%``: probability of detection (TPR) at 5 % and 1 % false
-  positives (Ricker et al.).
+- prediction: ours counts ``p_fake >= threshold`` as fake; Ricker et al.'s code counts
+  ``p_fake > threshold`` (the two differ only for a score exactly at the threshold). An
+  image without a label from the detector (NaN score, the paper's unmapped token) is
+  wrong whatever its label: a NaN fake is a false negative, a NaN real a false positive.
+- ``tp``, ``tn``, ``fp``, ``fn`` and ``accuracy`` = (tp + tn) / n, ``f1`` = 2 tp / (2 tp +
+  fp + fn) (0 when nothing is fake or predicted fake), ``tpr`` = tp / n_fake (recall on
+  fakes), ``tnr`` = tn / n_real (accuracy on reals).
+- ``auc``: ROC AUC of the scores (threshold-free), NaN scores ranked as 0.5.
+  ``auc_hard``: ROC AUC of the hard 0/1 predictions, as the Bi-LoRA paper computed its
+  "AUC"; it equals (tpr + tnr) / 2, the balanced accuracy. ``ap``: average precision
+  (scikit-learn's step definition, no interpolation), NaN scores ranked as 0.5.
+- ``pd@5%``, ``pd@1%`` (ours, conservative): the largest TPR among the ROC's operating
+  points whose FPR does not exceed the target. ``pd@5%_nearest``, ``pd@1%_nearest``
+  (Ricker et al.'s): ``fpr, tpr = roc_curve(y, s, drop_intermediate=False)`` and
+  ``tpr[argmin(abs(fpr - target))]``, the first point of ties: its FPR may exceed the
+  target, and when the nearest FPR is 0 it is the (0, 0) point (PD 0).
+
+Intervals (``confidence``, 95 % by default) are stratified by class: the fakes and the
+reals of a group are resampled separately. For the count metrics (accuracy, f1, tpr, tnr,
+auc_hard) the rows are not resampled; the counts are drawn, tp* ~ Binomial(n_fake,
+tp / n_fake) and tn* ~ Binomial(n_real, tn / n_real), which is exactly their distribution
+under stratified row resampling, and the interval is the percentile interval of the metric
+over the draws. For ``auc`` the interval is DeLong's normal interval, auc +- z sqrt(auc_var),
+clipped to [0, 1], with ``auc_var`` from the fast midrank algorithm of Sun & Xu (2014). A
+group's draws come from a generator seeded by (seed, group key) alone, so they do not
+depend on which other groups are in the run.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
-from sklearn.metrics import auc, average_precision_score, roc_curve
+from scipy import stats
 
-KEYS = ["detector", "train", "test", "perturbation", "level"]
+from bilora.atomic import atomic_path, derive_seed
+
+log = logging.getLogger(__name__)
+
+KEYS = ["detector", "train", "seed", "test", "perturbation", "level"]
+SCORE_COLUMNS = ["generator", "label", "perturbation", "level", "p_fake"]
+COUNT_METRICS = ("accuracy", "f1", "tpr", "tnr", "auc_hard")
+INTERVAL_METRICS = (*COUNT_METRICS, "auc")
+PD_TARGETS = {"5%": 0.05, "1%": 0.01}
+POINT_COLUMNS = ["n", "n_fake", "n_real", "unlabelled", "tp", "tn", "fp", "fn", "accuracy",
+                 "f1", "tpr", "tnr", "auc", "auc_hard", "ap", "pd@5%", "pd@1%",
+                 "pd@5%_nearest", "pd@1%_nearest", "auc_var"]
 
 
-def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, fpr_target: float) -> float:
-    """Largest TPR whose FPR does not exceed ``fpr_target`` (on the ROC's operating points)."""
-    ok = fpr <= fpr_target + 1e-12
-    return float(tpr[ok].max()) if ok.any() else 0.0
+# -- count metrics (points and bootstrap draws share one formula) -------------------------
+
+def count_metric(metric: str, tp: np.ndarray, tn: np.ndarray, n_fake: np.ndarray,
+                 n_real: np.ndarray) -> np.ndarray:
+    """``metric`` from true-positive and true-negative counts (arrays broadcast)."""
+    tp, tn = np.asarray(tp, dtype=float), np.asarray(tn, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if metric == "tpr":
+            return tp / n_fake
+        if metric == "tnr":
+            return tn / n_real
+        if metric == "accuracy":
+            return (tp + tn) / (n_fake + n_real)
+        if metric == "auc_hard":
+            return (tp / n_fake + tn / n_real) / 2
+        if metric == "f1":  # 2tp / (2tp + fp + fn), fp = n_real - tn, fn = n_fake - tp
+            den = tp + n_fake + n_real - tn
+            return np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 0.0)
+    raise ValueError(f"not a count metric: {metric!r} (one of {', '.join(COUNT_METRICS)})")
 
 
-def compute(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """All metrics for one set of (label, P(fake)) pairs (one ROC curve, reused)."""
-    y = np.asarray(labels, dtype=int)
-    s = np.asarray(scores, dtype=float)
+# -- per-group point metrics, vectorised over the groups of one file ----------------------
+
+def _midranks(g: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """1-based midrank of each element within its group; ``g`` sorted, ``s`` sorted in g."""
+    n = len(g)
+    if n == 0:
+        return np.zeros(0)
+    gnew = np.ones(n, bool)
+    gnew[1:] = g[1:] != g[:-1]
+    new = gnew.copy()
+    new[1:] |= s[1:] != s[:-1]
+    gstart = np.maximum.accumulate(np.where(gnew, np.arange(n), 0))
+    start = np.flatnonzero(new)
+    stop = np.append(start[1:], n)
+    mid = (start + stop - 1) / 2 - gstart[start] + 1
+    return np.repeat(mid, stop - start)
+
+
+def _per_group(g: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+    return np.bincount(g, weights=values, minlength=n_groups)
+
+
+def group_metrics(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+                  threshold: float = 0.5) -> dict[str, np.ndarray]:
+    """Point metrics (``POINT_COLUMNS``) of every group, with numpy only.
+
+    ``groups`` holds codes 0..G-1, every one present. Also returns ``first``: the index
+    of each group's first row, to keep groups in order of appearance.
+    """
+    g = np.asarray(groups, dtype=np.int64)
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores)
+    if not np.issubdtype(s.dtype, np.floating):
+        s = s.astype(float)
+    if len(g) == 0:
+        return {k: np.zeros(0) for k in [*POINT_COLUMNS, "first"]}
+    G = int(g.max()) + 1
     nan = np.isnan(s)
-    pred = np.where(nan, 1 - y, s >= threshold).astype(int)
-    s_filled = np.where(nan, 0.5, s)
-    tp = int(((pred == 1) & (y == 1)).sum())
-    fp = int(((pred == 1) & (y == 0)).sum())
-    fn = int(((pred == 0) & (y == 1)).sum())
-    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
-    out = {"n": int(len(y)), "n_fake": n_pos, "unlabelled": int(nan.sum()),
-           "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
-           "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0}
-    if n_pos and n_neg:
-        fpr, tpr, _ = roc_curve(y, s_filled)
-        tnr = 1 - fp / n_neg
-        out.update({"auc": float(auc(fpr, tpr)),
-                    # ROC AUC of the hard 0/1 predictions = (TPR + TNR) / 2
-                    "auc_hard": (tp / n_pos + tnr) / 2,
-                    "ap": float(average_precision_score(y, s_filled)),
-                    "pd@5%": tpr_at_fpr(fpr, tpr, 0.05),
-                    "pd@1%": tpr_at_fpr(fpr, tpr, 0.01)})
-    else:
-        out.update({k: float("nan") for k in ("auc", "auc_hard", "ap", "pd@5%", "pd@1%")})
+    correct = ((s >= threshold) == y) & ~nan  # NaN: wrong whatever the label
+
+    def count(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(g[mask], minlength=G)
+
+    n = np.bincount(g, minlength=G)
+    n_fake = count(y)
+    n_real = n - n_fake
+    tp, tn = count(correct & y), count(correct & ~y)
+    out: dict[str, np.ndarray] = {
+        "n": n, "n_fake": n_fake, "n_real": n_real, "unlabelled": count(nan),
+        "tp": tp, "tn": tn, "fp": n_real - tn, "fn": n_fake - tp}
+    for m in COUNT_METRICS:
+        out[m] = count_metric(m, tp, tn, n_fake, n_real)
+
+    # one sort by (group, score descending): ROC, AP, PD@FPR and DeLong all read it
+    s = np.where(nan, s.dtype.type(0.5), s)
+    o = np.argsort(-s)
+    o = o[np.argsort(g[o].astype(np.uint16) if G <= 65536 else g[o], kind="stable")]
+    gs, ys, ss = g[o], y[o], s[o]
+    gstart = np.concatenate([[0], np.cumsum(n)[:-1]])
+    out["first"] = np.minimum.reduceat(o, gstart)
+
+    # ROC operating points: the last row of each tie block (one distinct threshold)
+    bend = np.flatnonzero(np.append((gs[1:] != gs[:-1]) | (ss[1:] != ss[:-1]), True))
+    bg = gs[bend]
+    bfirst = np.ones(len(bend), bool)
+    bfirst[1:] = bg[1:] != bg[:-1]
+    cum_tp = np.concatenate([[0], np.cumsum(ys)])
+    tps = cum_tp[bend + 1] - cum_tp[gstart[bg]]
+    fps = (bend + 1 - gstart[bg]) - tps
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tpr = tps / n_fake[bg]
+        fpr = fps / n_real[bg].astype(float)
+        prev_tpr = np.where(bfirst, 0.0, np.roll(tpr, 1))
+        prev_fpr = np.where(bfirst, 0.0, np.roll(fpr, 1))
+        prev_tps = np.where(bfirst, 0, np.roll(tps, 1))
+        out["auc"] = _per_group(bg, (fpr - prev_fpr) * (tpr + prev_tpr) / 2, G)
+        out["ap"] = _per_group(bg, (tps - prev_tps) / n_fake[bg] * tps / (tps + fps), G)
+    bstart = np.flatnonzero(bfirst)
+    for name, x in PD_TARGETS.items():
+        ok = fpr <= x + 1e-12  # the (0, 0) point is always allowed: PD >= 0
+        out[f"pd@{name}"] = np.maximum.reduceat(np.where(ok, tpr, 0.0), bstart)
+        dist = np.abs(fpr - x)
+        best = np.minimum(x, np.minimum.reduceat(dist, bstart))
+        hit = np.flatnonzero(dist == best[bg])
+        first_hit = hit[np.append(True, bg[hit][1:] != bg[hit][:-1])] if len(hit) else hit
+        near = np.zeros(G)  # the (0, 0) point, first of the ROC, wins its ties
+        won = best[bg[first_hit]] < x
+        near[bg[first_hit][won]] = tpr[first_hit][won]
+        out[f"pd@{name}_nearest"] = near
+
+    # DeLong (Sun & Xu 2014): V10 = share of reals below each fake (ties half), V01 likewise
+    rank = _midranks(gs, ss)  # descending midrank among all images of the group
+    gp, gn = gs[ys], gs[~ys]
+    v10 = 1 - (rank[ys] - _midranks(gp, ss[ys])) / n_real[gp]
+    v01 = (rank[~ys] - _midranks(gn, ss[~ys])) / n_fake[gn]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m10 = _per_group(gp, v10, G) / n_fake
+        m01 = _per_group(gn, v01, G) / n_real
+        s10 = _per_group(gp, (v10 - m10[gp]) ** 2, G) / (n_fake - 1)
+        s01 = _per_group(gn, (v01 - m01[gn]) ** 2, G) / (n_real - 1)
+        out["auc_var"] = s10 / n_fake + s01 / n_real
+    both = (n_fake > 0) & (n_real > 0)
+    for k in ("auc", "ap", "pd@5%", "pd@1%", "pd@5%_nearest", "pd@1%_nearest"):
+        out[k] = np.where(both, out[k], np.nan)
+    out["auc_var"] = np.where((n_fake > 1) & (n_real > 1), out["auc_var"], np.nan)
     return out
 
 
-def metrics_table(scores: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
-    """One row of metrics per (detector, train, test, perturbation, level).
+def compute(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Point metrics of one set of (label, P(fake)) pairs."""
+    y = np.asarray(labels)
+    if len(y) == 0:
+        return {k: float("nan") for k in POINT_COLUMNS}
+    m = group_metrics(np.zeros(len(y), np.int64), y, scores, threshold)
+    return {k: m[k][0].item() for k in POINT_COLUMNS}
 
-    ``scores`` holds per-image rows with columns ``detector``, ``train``, ``generator``
-    (the test set), ``perturbation``, ``level``, ``label``, ``p_fake``.
+
+def metrics_table(scores: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
+    """Point metrics, one row per group, from per-image rows held in memory.
+
+    ``scores`` has ``generator`` (the test set), ``perturbation``, ``level``, ``label``,
+    ``p_fake`` and whichever of ``detector``, ``train``, ``seed`` it groups by.
     """
-    rows = []
     df = scores.rename(columns={"generator": "test"})
-    for key, g in df.groupby(KEYS, sort=False):
-        rows.append(dict(zip(KEYS, key, strict=True)) | compute(g["label"].to_numpy(),
-                                                                g["p_fake"].to_numpy(), threshold))
-    return pd.DataFrame(rows)
+    keys = [k for k in KEYS if k in df.columns]
+    codes = df.groupby(keys, sort=False, observed=True).ngroup().to_numpy()
+    m = group_metrics(codes, df["label"].to_numpy(), df["p_fake"].to_numpy(), threshold)
+    table = df.iloc[m["first"]][keys].reset_index(drop=True)
+    for k in POINT_COLUMNS:
+        table[k] = m[k]
+    return table
+
+
+# -- reading score files, one at a time ---------------------------------------------------
+
+def read_scores(path: str | os.PathLike) -> tuple[dict[str, str], pd.DataFrame]:
+    """(metadata, frame of ``SCORE_COLUMNS``) of one score file; strings as categoricals.
+
+    The metadata always holds ``detector``, ``train`` and ``seed`` ("0" when absent).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()
+            if not k.startswith((b"pandas", b"ARROW"))}
+    for key in ("detector", "train"):
+        if key not in meta:
+            raise SystemExit(f"bilora: {path} lacks '{key}' in its metadata: not a score file")
+    meta.setdefault("seed", "0")
+    missing = [c for c in SCORE_COLUMNS if c not in schema.names]
+    if missing:
+        raise SystemExit(f"bilora: {path} lacks column(s) {', '.join(missing)}")
+    strings = [c for c in ("generator", "perturbation", "level")
+               if pa.types.is_string(schema.field(c).type)
+               or pa.types.is_large_string(schema.field(c).type)]
+    table = pq.read_table(path, columns=SCORE_COLUMNS, read_dictionary=strings)
+    for c in ("generator", "perturbation", "level"):
+        col = table.column(c)
+        if not pa.types.is_dictionary(col.type):
+            table = table.set_column(table.schema.get_field_index(c), c,
+                                     pc.dictionary_encode(col.cast("string")))
+    df = table.to_pandas()
+    if df[["generator", "perturbation", "level", "label"]].isna().any().any():
+        raise SystemExit(f"bilora: {path} has empty generator/perturbation/level/label cells")
+    if not df["label"].isin([0, 1]).all():
+        raise SystemExit(f"bilora: {path}: column 'label' holds values other than 0 and 1")
+    return meta, df
+
+
+def file_metrics(path: str | os.PathLike, threshold: float = 0.5
+                 ) -> tuple[dict[str, str], pd.DataFrame]:
+    """(metadata, point-metrics table) of one score file, groups in order of appearance."""
+    meta, df = read_scores(path)
+    try:
+        seed = int(meta["seed"])
+    except ValueError:
+        raise SystemExit(f"bilora: {path}: metadata 'seed' is not an integer: "
+                         f"{meta['seed']!r}") from None
+    cats = [df[c].cat for c in ("generator", "perturbation", "level")]
+    code = np.zeros(len(df), np.int64)
+    for c in cats:
+        code = code * len(c.categories) + c.codes.to_numpy()
+    present = np.bincount(code) > 0 if len(code) else np.zeros(0, bool)
+    dense = np.cumsum(present) - 1
+    m = group_metrics(dense[code], df["label"].to_numpy(), df["p_fake"].to_numpy(), threshold)
+    first = m.pop("first")
+    table = pd.DataFrame({"detector": meta["detector"], "train": meta["train"], "seed": seed,
+                          **{k: np.asarray(c.categories.astype(str))[c.codes.to_numpy()[first]]
+                             for k, c in zip(["test", "perturbation", "level"], cats,
+                                             strict=True)},
+                          **{k: m[k] for k in POINT_COLUMNS}}, index=range(len(first)))
+    order = np.argsort(first, kind="stable")
+    return meta, table.iloc[order].reset_index(drop=True)
+
+
+# -- intervals ----------------------------------------------------------------------------
+
+def _z(confidence: float) -> float:
+    return float(stats.norm.ppf(0.5 + confidence / 2))
+
+
+def draw_counts(table: pd.DataFrame, resamples: int, seed: int = 42
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified bootstrap draws of (tp, tn): int32 arrays [groups, resamples].
+
+    Group i's generator is seeded by (seed, its key), so its draws do not depend on
+    the other rows of ``table``.
+    """
+    G = len(table)
+    tp_d = np.zeros((G, resamples), np.int32)
+    tn_d = np.zeros((G, resamples), np.int32)
+    cols = [table[c].to_numpy() for c in ("n_fake", "n_real", "tp", "tn")]
+    for i, key in enumerate(table[KEYS].itertuples(index=False, name=None)):
+        n_fake, n_real, tp, tn = (int(c[i]) for c in cols)
+        rng = np.random.default_rng(derive_seed(seed, *key))
+        tp_d[i] = rng.binomial(n_fake, tp / n_fake if n_fake else 0.0, resamples)
+        tn_d[i] = rng.binomial(n_real, tn / n_real if n_real else 0.0, resamples)
+    return tp_d, tn_d
+
+
+def add_intervals(table: pd.DataFrame, tp_draws: np.ndarray, tn_draws: np.ndarray,
+                  confidence: float = 0.95) -> pd.DataFrame:
+    """``table`` with ``<m>_lo``, ``<m>_hi`` for every metric of ``INTERVAL_METRICS``."""
+    out = table.copy()
+    n_fake = table["n_fake"].to_numpy(float)[:, None]
+    n_real = table["n_real"].to_numpy(float)[:, None]
+    q = [50 * (1 - confidence), 50 * (1 + confidence)]
+    for m in COUNT_METRICS:
+        if tp_draws.shape[1]:
+            draws = count_metric(m, tp_draws, tn_draws, n_fake, n_real)
+            lo, hi = np.percentile(draws, q, axis=1)
+        else:
+            lo = hi = np.full(len(table), np.nan)
+        out[f"{m}_lo"], out[f"{m}_hi"] = lo, hi
+    half = _z(confidence) * np.sqrt(table["auc_var"].to_numpy(float))
+    out["auc_lo"] = np.clip(table["auc"] - half, 0, 1)
+    out["auc_hi"] = np.clip(table["auc"] + half, 0, 1)
+    return out
+
+
+def mean_interval(draws_tp: np.ndarray, draws_tn: np.ndarray, rows: np.ndarray,
+                  table: pd.DataFrame, metric: str, confidence: float = 0.95
+                  ) -> tuple[float, float, float] | tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(point, lo, hi) of the mean of ``metric`` over the groups at positions ``rows``.
+
+    ``rows`` indexes ``table``'s rows and the draws (positions, not labels). A 1-D
+    ``rows`` gives floats; a 2-D one [means, k] gives arrays, one mean per line. Groups
+    count as independent. Count metrics: the percentile interval of the per-draw means.
+    ``auc``: mean AUC +- z sqrt(sum of auc_var) / k, clipped to [0, 1]. NaN groups are
+    skipped, as pandas' mean does.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    point = np.nanmean(table[metric].to_numpy(float)[rows], axis=-1)
+    if metric == "auc":
+        var = table["auc_var"].to_numpy(float)[rows]
+        k = (~np.isnan(var)).sum(axis=-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            half = _z(confidence) * np.sqrt(np.nansum(var, axis=-1)) / k
+        lo, hi = np.clip(point - half, 0, 1), np.clip(point + half, 0, 1)
+    else:
+        n_fake = table["n_fake"].to_numpy(float)[rows][..., None]
+        n_real = table["n_real"].to_numpy(float)[rows][..., None]
+        draws = count_metric(metric, draws_tp[rows], draws_tn[rows], n_fake, n_real)
+        means = np.nanmean(draws, axis=-2)
+        lo, hi = np.percentile(means, [50 * (1 - confidence), 50 * (1 + confidence)], axis=-1)
+    if rows.ndim == 1:
+        return float(point), float(lo), float(hi)
+    return point, lo, hi
+
+
+# -- the metrics step ---------------------------------------------------------------------
+
+def run_metrics(score_paths: Sequence[str | os.PathLike], out_parquet: str | os.PathLike,
+                threshold: float = 0.5, resamples: int = 1000, confidence: float = 0.95,
+                seed: int = 42) -> pd.DataFrame:
+    """Metrics with intervals of every group of ``score_paths``, read one file at a time.
+
+    Writes ``out_parquet`` (metadata: detector_labels, threshold, resamples, confidence,
+    seed), the same table as csv beside it, and ``bootstrap.npz`` beside it (``tp``, ``tn``:
+    int32 [groups, resamples] aligned with the table's rows, plus ``resamples``,
+    ``confidence``, ``seed``, ``threshold``). Returns the table.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    tables, labels, cells = [], {}, {}
+    for path in score_paths:
+        meta, t = file_metrics(path, threshold)
+        cell = (meta["detector"], meta["train"], int(meta["seed"]))
+        if cell in cells:
+            raise SystemExit(f"bilora: {path} and {cells[cell]} both hold detector "
+                             f"{cell[0]!r}, train {cell[1]!r}, seed {cell[2]}: one file a cell")
+        cells[cell] = path
+        labels[meta["detector"]] = meta.get("detector_label", meta["detector"])
+        tables.append(t)
+        log.info("%s: %d groups", path, len(t))
+    table = (pd.concat(tables, ignore_index=True) if tables
+             else pd.DataFrame(columns=KEYS + POINT_COLUMNS))
+    tp_d, tn_d = draw_counts(table, resamples, seed)
+    table = add_intervals(table, tp_d, tn_d, confidence)
+
+    out = Path(out_parquet)
+    with atomic_path(out.with_name("bootstrap.npz")) as tmp, open(tmp, "wb") as f:
+        np.savez(f, tp=tp_d, tn=tn_d, resamples=resamples, confidence=confidence, seed=seed,
+                 threshold=threshold)
+    with atomic_path(out.with_suffix(".csv")) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6f")
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    info = {"detector_labels": json.dumps(labels), "threshold": threshold,
+            "resamples": resamples, "confidence": confidence, "seed": seed}
+    arrow = arrow.replace_schema_metadata(
+        {**(arrow.schema.metadata or {}), **{k.encode(): str(v).encode() for k, v in info.items()}})
+    with atomic_path(out) as tmp:
+        pq.write_table(arrow, tmp)
+    return table
