@@ -86,14 +86,15 @@ def _path(error) -> str:
 def _raise_errors(errors, source: str) -> None:
     errors = sorted(errors, key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
     if errors:
-        lines = []
+        lines: list[str] = []
         for e in errors[:10]:
             msg = e.message
             if e.validator == "additionalProperties":
                 extra = sorted(set(e.instance) - set(e.schema.get("properties", {})))
                 known = ", ".join(sorted(e.schema.get("properties", {})))
                 msg = f"unknown key(s) {extra}; known keys here: {known}"
-            lines.append(f"  {_path(e)}: {msg}")
+            if f"  {_path(e)}: {msg}" not in lines:
+                lines.append(f"  {_path(e)}: {msg}")
         raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines))
 
 
@@ -281,6 +282,12 @@ def dataset_of(cfg: dict[str, Any], generator: str) -> str:
     raise ConfigError(f"generator {generator!r} is provided by no dataset")
 
 
+def jpeg_quality(cfg: dict[str, Any]) -> int | None:
+    """The format control's JPEG quality, or None (images as stored)."""
+    control = cfg["data"]["format_control"]
+    return None if control is None else control["jpeg_quality"]
+
+
 def _model_section(section: dict[str, Any]) -> dict[str, Any]:
     """A detector section without what does not change the trained model."""
     return {k: v for k, v in section.items() if k not in ("label", "eval")}
@@ -292,6 +299,7 @@ class TrainSpec(TypedDict):
     train_generator: str
     seed: int
     device: str
+    jpeg_quality: int | None
 
 
 class ScoreSpec(TypedDict):
@@ -302,6 +310,7 @@ class ScoreSpec(TypedDict):
     perturbations: dict[str, list]
     protocol: str
     device: str
+    jpeg_quality: int | None
 
 
 class ProceduralJobSpec(TypedDict):
@@ -318,6 +327,9 @@ class BaseSpec(TypedDict):
 
 class MetricsSpec(TypedDict):
     threshold: float
+    resamples: int
+    confidence: float
+    seed: int
 
 
 class ReportSpec(TypedDict):
@@ -331,14 +343,16 @@ class ReportSpec(TypedDict):
 
 def train_spec(cfg: dict[str, Any], detector: str, generator: str, seed: int) -> TrainSpec:
     return {"detector_id": detector, "detector": _model_section(detectors(cfg)[detector]),
-            "train_generator": generator, "seed": seed, "device": cfg["device"]}
+            "train_generator": generator, "seed": seed, "device": cfg["device"],
+            "jpeg_quality": jpeg_quality(cfg)}
 
 
 def score_spec(cfg: dict[str, Any], detector: str) -> ScoreSpec:
     return {"detector_id": detector, "eval": detectors(cfg)[detector]["eval"],
             "test_generators": cfg["generators"]["test"], "seed": cfg["seed"],
             "perturbations": cfg["evaluation"]["perturbations"],
-            "protocol": cfg["evaluation"]["protocol"], "device": cfg["device"]}
+            "protocol": cfg["evaluation"]["protocol"], "device": cfg["device"],
+            "jpeg_quality": jpeg_quality(cfg)}
 
 
 def procedural_spec(cfg: dict[str, Any], dataset: str) -> ProceduralJobSpec:
@@ -358,7 +372,9 @@ def base_spec(cfg: dict[str, Any], detector: str) -> BaseSpec:
 
 
 def metrics_spec(cfg: dict[str, Any]) -> MetricsSpec:
-    return {"threshold": cfg["evaluation"]["threshold"]}
+    return {"threshold": cfg["evaluation"]["threshold"], "seed": cfg["seed"],
+            "resamples": cfg["metrics"]["resamples"],
+            "confidence": cfg["metrics"]["confidence"]}
 
 
 def report_spec(cfg: dict[str, Any]) -> ReportSpec:

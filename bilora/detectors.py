@@ -132,6 +132,19 @@ def read_detector_meta(folder: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def model_fingerprint(folder: str | os.PathLike) -> str:
+    """A sha1 over a saved model folder's files (names and bytes): the trained model's
+    identity, whatever its path."""
+    import hashlib
+
+    from bilora.atomic import file_hexdigest
+
+    folder = Path(folder)
+    lines = [f"{p.relative_to(folder).as_posix()} {file_hexdigest(p)}"
+             for p in sorted(folder.rglob("*")) if p.is_file()]
+    return hashlib.sha1("\n".join(lines).encode()).hexdigest()
+
+
 def load_detector(folder: str | os.PathLike, device: str = "cpu") -> Detector:
     """Load a trained detector of any kind from its folder, in eval mode."""
     meta = read_detector_meta(folder)

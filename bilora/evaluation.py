@@ -1,53 +1,150 @@
-"""Score a trained detector on test generators x perturbations; keep per-image scores.
+"""Score trained detectors on test generators x perturbations; keep per-image scores.
 
-Evaluation knows only the detector interface (``predict_proba``). Each distinct
-image is scored once per (perturbation, level) even when several test sets share
-it (the shared real set), and the scores are joined back onto every manifest row.
+Evaluation knows only the detector interface (``predict_proba``). Each distinct image
+is scored once per condition (perturbation, level) even when several test sets share it
+(the shared real set), and the scores are joined back onto every manifest row.
+
+A scoring job resumes: each finished condition is written atomically to
+``<parts_dir>/<perturbation>=<level>.parquet`` with a fingerprint of everything that
+determines it (model, condition, seeds, protocol, format control, test rows); a rerun
+reuses the parts whose fingerprint matches and scores only what is missing.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pandas as pd
 import torch
 
-from bilora.data.dataset import ImageTable
+from bilora.data.dataset import ImageTable, Perturbation
 from bilora.data.perturbations import parse_level
 
+log = logging.getLogger("bilora.evaluation")
 SCORE_COLUMNS = ["image", "sha1", "generator", "label", "perturbation", "level", "p_fake"]
+_FINGERPRINT = b"bilora_part_fingerprint"
+
+
+def progress_bar(iterable, desc: str, progress: bool, total: int | None = None):
+    """tqdm over ``iterable``: live on a terminal, a line every 30 s in a log file."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, disable=not progress, unit="batch", leave=False,
+                total=total, mininterval=0.1 if sys.stderr.isatty() else 30)
 
 
 @torch.no_grad()
 def predict(detector, dataset: torch.utils.data.Dataset, batch_size: int, num_workers: int = 0,
             desc: str = "scoring", progress: bool = True) -> torch.Tensor:
     """P(fake) for every item of ``dataset``, in order."""
-    from tqdm import tqdm
-
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         num_workers=num_workers)
+                                         num_workers=num_workers,
+                                         pin_memory=detector.device.type == "cuda")
     out = [detector.predict_proba(images).float().cpu()
-           for images, _ in tqdm(loader, desc=desc, disable=not progress, unit="batch",
-                                 leave=False, mininterval=0.1 if sys.stderr.isatty() else 30)]
+           for images, _ in progress_bar(loader, desc, progress)]
     return torch.cat(out) if out else torch.empty(0)
 
 
-def score_table(detector, rows: pd.DataFrame, conditions: Sequence[tuple[str, str]], seed: int,
-                batch_size: int, num_workers: int = 0, progress: bool = True) -> pd.DataFrame:
-    """Per-image scores of ``rows`` (test manifest rows) under every condition."""
-    detector.eval()
-    unique = rows.drop_duplicates("abspath").reset_index(drop=True)
-    frames = []
+def condition_name(kind: str, level: str) -> str:
+    """The file name stem of a condition's part: ``<perturbation>=<level>``."""
+    return f"{kind}={level}"
+
+
+def read_part(path: Path, fingerprint: str) -> pd.DataFrame | None:
+    """A finished condition's scores if ``path`` holds them for ``fingerprint``."""
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        return None
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception:  # noqa: BLE001 - an unreadable part is rescored, never trusted
+        return None
+    if meta.get(_FINGERPRINT, b"").decode() != fingerprint:
+        return None
+    return pd.read_parquet(path)
+
+
+def write_part(frame: pd.DataFrame, path: Path, fingerprint: str) -> None:
+    """Write one condition's scores atomically, tagged with its fingerprint."""
+    from bilora.data.manifest import write_parquet_atomic
+
+    write_parquet_atomic(frame, path, {_FINGERPRINT.decode(): fingerprint})
+
+
+def join_scores(rows: pd.DataFrame, unique: pd.DataFrame, p_fake, kind: str,
+                level: str) -> pd.DataFrame:
+    """Per-row scores of one condition from the scores of the unique images."""
+    scored = pd.DataFrame({"abspath": unique["abspath"].to_numpy(), "p_fake": p_fake})
+    merged = rows.merge(scored, on="abspath", how="left", validate="many_to_one")
+    return pd.DataFrame({
+        "image": merged["path"], "sha1": merged["sha1"], "generator": merged["generator"],
+        "label": merged["label"].astype("int8"), "perturbation": kind, "level": level,
+        "p_fake": merged["p_fake"].astype("float32")})
+
+
+def unique_images(rows: pd.DataFrame) -> pd.DataFrame:
+    """The distinct images of test rows (the shared real set once)."""
+    return rows.drop_duplicates("abspath").reset_index(drop=True)
+
+
+def score_conditions(rows: pd.DataFrame, conditions: Sequence[tuple[str, str]],
+                     score: Callable[[ImageTable, str], dict[str, torch.Tensor]],
+                     dataset: Callable[[pd.DataFrame, Perturbation | None], ImageTable],
+                     seed: int, protocol: str,
+                     parts: dict[str, tuple[Path, str]] | None = None
+                     ) -> dict[str, pd.DataFrame]:
+    """Scores of several models (keys of ``parts``) under every condition, resumable.
+
+    ``score(dataset, desc)`` returns P(fake) of every image of ``dataset`` for each model
+    still to score; ``parts`` maps a model to (its parts folder, its fingerprint).
+    Returns each model's scores in ``SCORE_COLUMNS``, conditions in order.
+    """
+    unique = unique_images(rows)
+    parts = parts or {}
+    out: dict[str, list[pd.DataFrame]] = {m: [] for m in parts}
     for kind, level in conditions:
-        perturb = None if kind == "none" else (kind, parse_level(level), seed)
-        ds = ImageTable(unique, detector.input_size, perturb)
-        p = predict(detector, ds, batch_size, num_workers, desc=f"{kind}:{level}",
-                    progress=progress)
-        scored = pd.DataFrame({"abspath": unique["abspath"], "p_fake": p.numpy()})
-        merged = rows.merge(scored, on="abspath", how="left")
-        frames.append(pd.DataFrame({
-            "image": merged["path"], "sha1": merged["sha1"], "generator": merged["generator"],
-            "label": merged["label"].astype("int8"), "perturbation": kind, "level": level,
-            "p_fake": merged["p_fake"].astype("float32")}))
-    return pd.concat(frames, ignore_index=True)[SCORE_COLUMNS]
+        name = condition_name(kind, level)
+        done = {m: read_part(folder / f"{name}.parquet", f"{fp}/{name}")
+                for m, (folder, fp) in parts.items()}
+        todo = [m for m, frame in done.items() if frame is None]
+        if todo:
+            perturb = None if kind == "none" else Perturbation(kind, parse_level(level), seed,
+                                                               protocol)
+            scores = score(dataset(unique, perturb), name, todo)
+            for m in todo:
+                frame = join_scores(rows, unique, scores[m].numpy(), kind, level)
+                folder, fp = parts[m]
+                write_part(frame, folder / f"{name}.parquet", f"{fp}/{name}")
+                done[m] = frame
+        if len(todo) < len(parts):
+            log.info("%s: reused the finished scores of %d model(s)", name,
+                     len(parts) - len(todo))
+        for m, frame in done.items():
+            out[m].append(frame)
+    return {m: pd.concat(frames, ignore_index=True)[SCORE_COLUMNS] for m, frames in out.items()}
+
+
+def score_table(detector, rows: pd.DataFrame, conditions: Sequence[tuple[str, str]], seed: int,
+                batch_size: int, num_workers: int = 0, progress: bool = True,
+                protocol: str = "corrected", jpeg_quality: int | None = None,
+                parts_dir: str | Path | None = None, fingerprint: str = "") -> pd.DataFrame:
+    """Per-image scores of ``rows`` (test manifest rows) under every condition, for one
+    detector; with ``parts_dir``, each finished condition is kept and reused on a rerun."""
+    import tempfile
+
+    detector.eval()
+
+    def dataset(unique: pd.DataFrame, perturb: Perturbation | None) -> ImageTable:
+        return ImageTable(unique, detector.input_size, perturb, jpeg_quality)
+
+    def score(ds: ImageTable, desc: str, models: list[str]) -> dict[str, torch.Tensor]:
+        return {"model": predict(detector, ds, batch_size, num_workers, desc, progress)}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(parts_dir) if parts_dir is not None else Path(tmp)
+        return score_conditions(rows, conditions, score, dataset, seed, protocol,
+                                {"model": (folder, fingerprint)})["model"]

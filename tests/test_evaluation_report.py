@@ -21,6 +21,7 @@ class Counting:
 
     def __init__(self, det):
         self.det, self.seen, self.input_size = det, 0, det.input_size
+        self.device = det.device
 
     def eval(self):
         self.det.eval()
@@ -47,6 +48,47 @@ def test_scores_every_image_once_per_condition(tiny_data):
     assert torch.equal(torch.tensor(scores.p_fake.values), torch.tensor(again.p_fake.values))
     clean, jpeg = (scores[scores.perturbation == k].p_fake.values for k in ("none", "jpeg"))
     assert (clean != jpeg).any()
+
+
+def test_a_rerun_scores_only_the_missing_conditions(tiny_data, tmp_path):
+    rows = load_rows([tiny_data], "test", ["sim-LDM", "sim-ProGAN"])
+    unique = rows["abspath"].nunique()
+    first = score_table(create_detector(DUMMY, seed=0), rows, CONDS, 1, 16, progress=False,
+                        parts_dir=tmp_path, fingerprint="model-A")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "jpeg=50.parquet", "mixed=random.parquet", "none=-.parquet"]
+    (tmp_path / "jpeg=50.parquet").unlink()  # as if killed while scoring JPEG 50
+    det = Counting(create_detector(DUMMY, seed=0))
+    again = score_table(det, rows, CONDS, 1, 16, progress=False, parts_dir=tmp_path,
+                        fingerprint="model-A")
+    assert det.seen == unique  # one condition scored, two reused
+    pd.testing.assert_frame_equal(again, first)
+    other = Counting(create_detector(DUMMY, seed=0))
+    score_table(other, rows, CONDS, 1, 16, progress=False, parts_dir=tmp_path,
+                fingerprint="model-B")  # another model: nothing reused
+    assert other.seen == unique * len(CONDS)
+
+
+def test_an_image_changed_after_its_manifest_stops_scoring(tiny_data, tmp_path):
+    import shutil
+
+    from bilora.data.dataset import ImageChanged
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data.parent, data)
+    rows = load_rows([data / "manifest.parquet"], "test", ["sim-LDM"])
+    victim = rows[rows.label == 1].abspath.iloc[3]
+    with open(victim, "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ImageChanged) as err:
+        score_table(create_detector(DUMMY, seed=0), rows, CONDS[:1], 1, 16, progress=False)
+    msg = str(err.value)
+    assert victim in msg and str(data / "manifest.parquet") in msg and "changed" in msg
+    import os
+
+    os.unlink(victim)
+    with pytest.raises(ImageChanged, match="no longer exists"):
+        score_table(create_detector(DUMMY, seed=0), rows, CONDS[:1], 1, 16, progress=False)
 
 
 def _fake_metrics():

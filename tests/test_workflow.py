@@ -59,17 +59,22 @@ def test_all_tables_and_figures_are_written(run):
             assert (res / "tables" / f"accuracy_matrix_{det}.{ext}").exists()
         assert (res / "figures" / f"heatmap_{det}.pdf").exists()
         for g in GENS:
-            assert (res / det / f"train={g}" / "model" / "detector.json").exists()
+            assert (res / det / f"train={g}" / "seed=42" / "model" / "detector.json").exists()
+            assert not (res / det / f"train={g}" / "seed=42" / "checkpoint").exists()
     for name in ("detectors", "robustness"):
         assert (res / "tables" / f"{name}.md").read_text().startswith("**")
     assert (res / "figures" / "robustness.png").stat().st_size > 10_000
 
 
 def test_every_detector_learns_its_training_generator(run):
+    """Measured on two 2-core machines: 0.96-1.0 for every detector on its own generator
+    (the ResNet50 variant 0.96-1.0 over 10 seeds since its cosine schedule and flips; it
+    was 0.875-1.0 before). 0.9 leaves 5 of 80 images of margin."""
     m = pd.read_csv(run / "results" / "e2e" / "metrics.csv")
     seen = m[(m.train == m.test) & (m.perturbation == "none")]
     assert len(seen) == 3 * len(GENS)
     assert (seen.accuracy >= 0.9).all(), seen[["detector", "train", "accuracy"]]
+    assert (seen.auc >= 0.95).all(), seen[["detector", "train", "auc"]]  # measured >= 0.99
     table = pd.read_csv(run / "results" / "e2e" / "tables" / "accuracy_matrix_bilora.csv",
                         index_col=0)
     assert (table.loc[GENS, GENS].values.diagonal() >= 90).all()
@@ -78,33 +83,45 @@ def test_every_detector_learns_its_training_generator(run):
 def test_scores_carry_provenance(run):
     import pyarrow.parquet as pq
 
-    meta = pq.read_schema(run / "results/e2e/bilora/train=sim-LDM/scores.parquet").metadata
+    meta = pq.read_schema(run / "results/e2e/bilora/train=sim-LDM/seed=42/scores.parquet"
+                          ).metadata
     for key in (b"bilora_version", b"git_commit", b"config_hash", b"data_manifest_sha1",
-                b"detector", b"train"):
+                b"detector", b"train", b"seed", b"parameters"):
         assert meta.get(key), key
 
 
 def test_changing_one_detector_reruns_its_cells_and_the_report_only(run):
     cfg = trimmed()
-    cfg["detectors"]["resnet50"]["train"]["lr"] = 2e-3
+    cfg["detectors"]["resnet50"]["train"]["lr"] = 5e-4
     (run / "changed.yaml").write_text(yaml.safe_dump(cfg))
     out = smk("-n", "all", "--configfile", str(run / "changed.yaml"), cwd=run)
     assert job_counts(out.stdout) == {"train_detector": 2, "score_cell": 2, "compute_metrics": 1,
                                       "render_report": 1, "all": 1}
     assert "xception/train" not in out.stdout.split("Job stats")[0].replace(
-        "results/e2e/xception/train=sim-LDM/scores.parquet", "")  # only as metrics input
+        "results/e2e/xception/train=sim-LDM/seed=42/scores.parquet", "")  # metrics input only
     same = smk("-n", "all", "--configfile", str(run / "config.yaml"), cwd=run)
     assert "Nothing to be done" in same.stdout + same.stderr
 
 
-def test_one_cell_reruns_alone(run):
-    cell = run / "results/e2e/xception/train=sim-LDM/scores.parquet"
+def test_renaming_a_label_reruns_only_the_report(run):
+    cfg = trimmed()
+    cfg["detectors"]["resnet50"]["label"] = "ResNet-50, renamed for the camera-ready"
+    (run / "label.yaml").write_text(yaml.safe_dump(cfg))
+    out = smk("-n", "all", "--configfile", str(run / "label.yaml"), cwd=run)
+    assert job_counts(out.stdout) == {"render_report": 1, "all": 1}
+
+
+def test_one_cell_reruns_alone_with_byte_identical_scores(run):
+    """Same machine, same seed: a cell scored again gives the same float32 bytes."""
+    cell = run / "results/e2e/xception/train=sim-LDM/seed=42/scores.parquet"
     before = pd.read_parquet(cell)
     cell.unlink()
-    out = smk("--cores", "2", "results/e2e/xception/train=sim-LDM/scores.parquet",
+    out = smk("--cores", "2", "results/e2e/xception/train=sim-LDM/seed=42/scores.parquet",
               "--configfile", str(run / "config.yaml"), cwd=run)
     assert job_counts(out.stdout + out.stderr) == {"score_cell": 1}
-    pd.testing.assert_frame_equal(pd.read_parquet(cell), before)  # seeded: same scores
+    after = pd.read_parquet(cell)
+    assert after.p_fake.to_numpy().tobytes() == before.p_fake.to_numpy().tobytes()
+    pd.testing.assert_frame_equal(after, before)
 
 
 def test_lint_is_clean():
@@ -130,6 +147,18 @@ def test_paper_dry_run_with_archives_at_hand_downloads_nothing(tmp_path):
               cwd=tmp_path)
     fetch = [line for line in out.stdout.splitlines() if "bilora.cli fetch-zenodo" in line]
     assert fetch and all(f"--archives-dir {tmp_path / 'have'}" in line for line in fetch)
+
+
+def test_unknown_timm_model_fails_at_dag_build_naming_the_key(tmp_path):
+    cfg = trimmed()
+    cfg["detectors"]["resnet50"]["model_name"] = "resnet5000"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    out = smk("-n", "all", "--configfile", str(tmp_path / "bad.yaml"), cwd=tmp_path,
+              check=False)
+    assert out.returncode != 0
+    assert "detectors.resnet50.model_name: 'resnet5000' is not a timm model" in (
+        out.stdout + out.stderr)
+    assert not (tmp_path / "data").exists()  # failed before any job ran
 
 
 def test_misspelt_key_fails_at_dag_build_naming_it(tmp_path):

@@ -60,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        message = " ".join(str(exc).split("\n")) if len(str(exc)) < 400 else str(exc)
+        message = str(exc)
+        if "Original Traceback" in message:  # raised in a DataLoader worker: its last line
+            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+        message = " ".join(message.split("\n")) if len(message) < 400 else message
         print(f"bilora {args.command}: error: {message}", file=sys.stderr)
         return exc.exit_code

@@ -8,13 +8,13 @@ carry it) and explicit input and output paths. ``--threads``, ``--quiet`` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bilora.errors import ConfigError, DataError
+from bilora.errors import ConfigError
 from bilora.provenance import provenance
 
 log = logging.getLogger("bilora")
@@ -83,22 +83,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     counts = det.parameter_counts()
     log.info("%s: %d images of %s; parameters %d, trainable %d", spec["detector_id"], len(rows),
              spec["train_generator"], counts["total"], counts["trainable"])
-    dataset = ImageTable(rows, det.input_size)
+    dataset = ImageTable(rows, det.input_size, jpeg_quality=spec["jpeg_quality"])
     history = train_detector(det, dataset, det.cfg["train"], spec["seed"],
                              args.checkpoint_dir, digest([spec, data_digest], length=40),
                              num_workers=args.num_workers, progress=not args.quiet)
     save_detector(det, args.out, provenance(spec, data_manifest_sha1=data_digest,
                                             history=json.dumps(history)))
-    # trained and saved: a later forced rerun (new code, new base) must train again
+    # trained and saved: a later forced rerun (new code, new base) must train again, and a
+    # finished cell leaves no checkpoint folder behind
     (Path(args.checkpoint_dir) / CHECKPOINT).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        Path(args.checkpoint_dir).rmdir()
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    import shutil
+
+    from bilora.config import digest
     from bilora.data.dataset import load_rows
     from bilora.data.manifest import manifest_digest, write_parquet_atomic
     from bilora.data.perturbations import conditions
-    from bilora.detectors import load_detector, read_detector_meta
+    from bilora.detectors import load_detector, model_fingerprint, read_detector_meta
     from bilora.evaluation import score_table
 
     spec = _spec(args.spec)
@@ -106,47 +112,33 @@ def cmd_score(args: argparse.Namespace) -> int:
     rows = load_rows(args.manifest, "test", spec["test_generators"])
     det = load_detector(args.model, spec["device"])
     meta = read_detector_meta(args.model)
+    parts = Path(f"{args.out}.parts")
     scores = score_table(det, rows, conditions(spec["perturbations"]), spec["seed"],
                          spec["eval"]["batch_size"], args.num_workers,
-                         progress=not args.quiet)
+                         progress=not args.quiet, protocol=spec["protocol"],
+                         jpeg_quality=spec["jpeg_quality"], parts_dir=parts,
+                         fingerprint=digest([spec, model_fingerprint(args.model),
+                                             manifest_digest(rows)], 40))
     write_parquet_atomic(scores, args.out, provenance(
         spec, detector=spec["detector_id"], train=args.train_generator, seed=args.seed,
         data_manifest_sha1=manifest_digest(rows),
         model_config_hash=meta["provenance"]["config_hash"],
         parameters=json.dumps(meta["parameters"])))
+    shutil.rmtree(parts, ignore_errors=True)  # the finished conditions served their purpose
     log.info("%d scores written to %s", len(scores), args.out)
     return 0
 
 
 # -- metrics and report -------------------------------------------------------------------
 
-def read_scores(paths: Sequence[str]) -> Any:
-    """Concatenate score files, tagging rows with detector and training generator."""
-    import pandas as pd
-    import pyarrow.parquet as pq
-
-    frames = []
-    for p in paths:
-        meta = {k.decode(): v.decode() for k, v in (pq.read_schema(p).metadata or {}).items()
-                if not k.startswith(b"pandas")}
-        for key in ("detector", "train"):
-            if key not in meta:
-                raise DataError(f"{p} lacks '{key}' in its metadata: not a score file")
-        df = pd.read_parquet(p)
-        df.insert(0, "train", meta["train"])
-        df.insert(0, "detector", meta["detector"])
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
-
-
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from bilora.data.manifest import write_parquet_atomic
-    from bilora.metrics import metrics_table
+    from bilora.metrics import run_metrics
 
     spec = _spec(args.spec)
-    table = metrics_table(read_scores(args.scores), spec["threshold"])
-    write_parquet_atomic(table, args.out)
-    table.to_csv(Path(args.out).with_suffix(".csv"), index=False, float_format="%.6f")
+    table = run_metrics(args.scores, args.out, spec["threshold"], resamples=spec["resamples"],
+                        confidence=spec["confidence"], seed=spec["seed"])
+    log.info("%d groups from %d score files written to %s", len(table), len(args.scores),
+             args.out)
     return 0
 
 

@@ -1,22 +1,47 @@
-"""Loading images listed in manifests as uint8 tensors, optionally degraded."""
+"""Loading images listed in manifests as uint8 tensors, optionally degraded.
+
+Every image is read as bytes and checked against the sha1 its manifest recorded before it
+is decoded: a file that changed or vanished after its manifest was built stops the job
+with one line naming the file and the manifest (never a silent wrong score). Decoding
+accepts any image Pillow reads (:func:`bilora.data.images.open_rgb`).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 
+from bilora.data.images import open_rgb
 from bilora.data.manifest import read_manifest, resolve_path
+from bilora.errors import DataError
+
+
+class ImageChanged(DataError):
+    """An image differs from (or is missing since) the manifest that lists it."""
+
+
+class Perturbation(NamedTuple):
+    """One test-time degradation: kind, parsed level, seed and protocol."""
+
+    kind: str
+    level: object
+    seed: int
+    protocol: str = "corrected"
 
 
 def load_rows(manifests: Sequence[str | os.PathLike], split: str,
               generators: Sequence[str]) -> pd.DataFrame:
-    """Rows of ``split`` for ``generators`` from several manifests, with absolute paths.
+    """Rows of ``split`` for ``generators`` from several manifests, with absolute paths
+    (``abspath``) and the manifest each row comes from (``manifest``).
 
     Fails naming the generators that no manifest holds.
     """
@@ -25,6 +50,7 @@ def load_rows(manifests: Sequence[str | os.PathLike], split: str,
         df = read_manifest(m)
         df = df[(df["split"] == split) & df["generator"].isin(list(generators))].copy()
         df["abspath"] = [str(resolve_path(Path(m).parent, p)) for p in df["path"]]
+        df["manifest"] = str(m)
         frames.append(df)
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     missing = sorted(set(generators) - set(rows.get("generator", [])))
@@ -34,32 +60,67 @@ def load_rows(manifests: Sequence[str | os.PathLike], split: str,
     return rows
 
 
-class ImageTable(torch.utils.data.Dataset):
-    """Images of a table (``abspath``, ``label``, ``sha1``) as (uint8 CHW tensor, label).
+def read_checked(path: str, sha1: str, manifest: str) -> bytes:
+    """The bytes of ``path``; ImageChanged if they are not those its manifest recorded."""
+    how = (f"rebuild it: delete {manifest} and run snakemake again (or `snakemake "
+           f"--forcerun {manifest}`)")
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ImageChanged(f"{path} is listed in {manifest} but no longer exists; "
+                           f"{how}") from None
+    got = hashlib.sha1(data).hexdigest()
+    if got != sha1:
+        raise ImageChanged(f"{path} changed after {manifest} was built (sha1 {got}, the "
+                           f"manifest has {sha1}); {how}")
+    return data
 
-    ``size`` resizes to a square (bicubic, after any degradation); ``perturb`` is a
-    (kind, level, seed) triple applied to every image.
+
+def jpeg_reencode(img: Image.Image, quality: int) -> Image.Image:
+    """``img`` encoded as JPEG at ``quality`` (Pillow, 4:2:0) and decoded again."""
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+class ImageTable(torch.utils.data.Dataset):
+    """Images of a table (``abspath``, ``label``, ``sha1``, ``manifest``) as (uint8 CHW
+    tensor, label).
+
+    Each image is decoded, then re-encoded as JPEG at ``jpeg_quality`` when given (the
+    format control), then degraded by ``perturb`` when given, then resized to a
+    ``size`` x ``size`` square (bicubic).
     """
 
     def __init__(self, rows: pd.DataFrame, size: int | None,
-                 perturb: tuple[str, object, int] | None = None):
+                 perturb: Perturbation | None = None, jpeg_quality: int | None = None):
         self.paths = rows["abspath"].tolist()
         self.labels = rows["label"].astype(int).tolist()
         self.sha1 = rows["sha1"].tolist()
+        self.manifests = (rows["manifest"].tolist() if "manifest" in rows
+                          else ["its manifest"] * len(rows))
         self.size = size
         self.perturb = perturb
+        self.jpeg_quality = jpeg_quality
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        with Image.open(self.paths[i]) as im:
-            img = im.convert("RGB")
+    def image(self, i: int) -> Image.Image:
+        """Image ``i`` after the format control and the perturbation, before resizing."""
+        img = open_rgb(read_checked(self.paths[i], self.sha1[i], self.manifests[i]))
+        if self.jpeg_quality is not None:
+            img = jpeg_reencode(img, self.jpeg_quality)
         if self.perturb is not None:
             from bilora.data.perturbations import apply
 
-            kind, level, seed = self.perturb
-            img = apply(img, kind, level, seed, self.sha1[i])
+            p = self.perturb
+            img = apply(img, p.kind, p.level, p.seed, self.sha1[i], protocol=p.protocol)
+        return img
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = self.image(i)
         if self.size and img.size != (self.size, self.size):
             img = img.resize((self.size, self.size), Image.BICUBIC)
         arr = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)

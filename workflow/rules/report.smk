@@ -7,6 +7,7 @@ rule compute_metrics:
     output:
         parquet=f"{RES}/metrics.parquet",
         csv=f"{RES}/metrics.csv",
+        bootstrap=f"{RES}/bootstrap.npz",
     params:
         spec=W.json_param(C.metrics_spec(config)),
     log:
