@@ -5,8 +5,11 @@ conditions x 20,000 images (10k fake + a 10k real set shared by every test set),
 116 million rows at ``--scale 1``, with the score files' dtypes (dictionary-encoded
 strings, int8 labels, float32 scores; one detector gives hard 0/1 scores, one has 0.1 %
 unlabelled images). Then runs ``run_metrics`` in a child process, samples its resident
-memory every 0.05 s, and prints rows, files, seconds to write, seconds for the metrics,
-peak RSS, groups and resamples. Usage:
+memory every 0.05 s, and prints rows, files, seconds to write, seconds (wall and CPU) for
+the metrics, peak RSS, groups, resamples and the sizes of its outputs. A second child
+times what a report does with them: ``load_draws`` and ``mean_interval`` of auc and accuracy for the
+mean over each cell's test sets (per detector, train, condition) and over each
+detector's train x test matrix (per detector, condition). Usage:
 
     python benchmarks/metrics_scale.py [--scale 1.0] [--resamples 1000] [--keep DIR]
 """
@@ -99,10 +102,50 @@ def run_child(folder: Path, resamples: int) -> int:
     from bilora.metrics import run_metrics
 
     paths = sorted((folder / "scores").rglob("*.parquet"))
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     table = run_metrics(paths, folder / "metrics.parquet", resamples=resamples)
-    print(json.dumps({"seconds": time.perf_counter() - t, "groups": len(table)}))
+    print(json.dumps({"seconds": time.perf_counter() - t, "cpu": time.process_time() - cpu,
+                      "groups": len(table)}))
     return 0
+
+
+def run_means(folder: Path) -> int:
+    """In the child: what a report does with the outputs; prints one JSON line."""
+    sys.path.insert(0, str(ROOT))
+    import pandas as pd
+
+    from bilora.metrics import load_draws, mean_interval
+
+    t = time.perf_counter()
+    table = pd.read_parquet(folder / "metrics.parquet")
+    draws = load_draws(folder / "bootstrap.npz")
+    out = {"load_seconds": time.perf_counter() - t}
+    for name, by in (("cell", ["detector", "train", "seed", "perturbation", "level"]),
+                     ("matrix", ["detector", "perturbation", "level"])):
+        rows = np.stack([np.asarray(r) for r in table.groupby(by, sort=False).indices.values()])
+        for metric in ("auc", "accuracy"):
+            t = time.perf_counter()
+            mean_interval(draws, rows, table, metric)
+            out[f"{name}_{metric}"] = [len(rows), rows.shape[1], time.perf_counter() - t]
+    print(json.dumps(out))
+    return 0
+
+
+def watch(args: list[str]) -> tuple[dict, int]:
+    """Run ``args`` in a child, sampling its RSS; (its last JSON line, peak RSS bytes)."""
+    proc = psutil.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    out = proc.stdout.read()
+    if proc.returncode:
+        print(out)
+        raise SystemExit(proc.returncode)
+    return json.loads(out.strip().splitlines()[-1]), peak
 
 
 def main() -> int:
@@ -111,9 +154,12 @@ def main() -> int:
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--keep", help="write into this folder and keep it")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--means", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return run_child(Path(args.child), args.resamples)
+    if args.means:
+        return run_means(Path(args.means))
 
     folder = Path(args.keep or tempfile.mkdtemp(prefix="metrics_scale_"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -122,28 +168,24 @@ def main() -> int:
         paths, rows = write_files(folder, args.scale)
         write_s = time.perf_counter() - t
         size = sum(p.stat().st_size for p in paths)
-        proc = psutil.Popen([sys.executable, __file__, "--child", str(folder),
-                             "--resamples", str(args.resamples)], stdout=subprocess.PIPE,
-                            text=True)
-        peak = 0
-        while proc.poll() is None:
-            try:
-                peak = max(peak, proc.memory_info().rss)
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-        out = proc.stdout.read()
-        if proc.returncode:
-            print(out)
-            return proc.returncode
-        child = json.loads(out.strip().splitlines()[-1])
+        child, peak = watch([__file__, "--child", str(folder),
+                             "--resamples", str(args.resamples)])
+        means, means_peak = watch([__file__, "--means", str(folder)])
         print(f"rows              {rows:,}")
         print(f"files             {len(paths)} ({size / 2**20:,.0f} MiB)")
         print(f"write seconds     {write_s:.1f}")
-        print(f"metrics seconds   {child['seconds']:.1f}")
+        print(f"metrics seconds   {child['seconds']:.1f} (CPU {child['cpu']:.1f}; load "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
         print(f"peak RSS          {peak / 2**30:.2f} GiB")
         print(f"groups            {child['groups']:,}")
         print(f"resamples         {args.resamples}")
+        for name in ("metrics.parquet", "metrics.csv", "bootstrap.npz"):
+            print(f"{name:<18}{(folder / name).stat().st_size / 2**20:,.1f} MiB")
+        print(f"report: load      {means['load_seconds']:.1f} s, peak RSS "
+              f"{means_peak / 2**30:.2f} GiB")
+        for key in ("cell_auc", "cell_accuracy", "matrix_auc", "matrix_accuracy"):
+            n, k, sec = means[key]
+            print(f"report: {key:<16}{n} means of {k} groups in {sec:.2f} s")
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

@@ -26,17 +26,44 @@ auc_hard) the rows are not resampled; the counts are drawn, tp* ~ Binomial(n_fak
 tp / n_fake) and tn* ~ Binomial(n_real, tn / n_real), which is exactly their distribution
 under stratified row resampling, and the interval is the percentile interval of the metric
 over the draws. For ``auc`` the interval is DeLong's normal interval, auc +- z sqrt(auc_var),
-clipped to [0, 1], with ``auc_var`` from the fast midrank algorithm of Sun & Xu (2014). A
-group's draws come from a generator seeded by (seed, group key) alone, so they do not
-depend on which other groups are in the run.
+clipped to [0, 1], with ``auc_var`` from the fast midrank algorithm of Sun & Xu (2014);
+``auc_var_fake`` is its fake-side term S10 / n_fake.
+
+Shared reals. The test sets of one cell (detector, train, seed) under one condition
+(perturbation, level) are usually scored against the same real images (Ricker et al.'s
+10k LSUN reals, scored once per condition). ``real_set`` names a group's real images: the
+first 16 hex digits of the SHA-256 of their ``sha1`` values, sorted, one per line ("" when
+it has none). Groups with the same (cell, condition, real set) form a *share*, and a
+resample draws those reals once for all of them:
+
+- ``tn*`` is the inverse binomial CDF of one set of uniforms per share, so groups of a
+  share with equal tn (the usual case) get identical tn* draws, and draws with unequal tn
+  are comonotone. ``tp*`` stays per group (every test set has its own fakes).
+- ``mean_interval(..., "auc")`` adds the covariance through the shared reals: over the
+  k groups of a mean, var = (1/k^2) sum over shares of [sum of auc_var_fake +
+  var_j(sum of V01(j)) / n_real], V01(j) being real image j's placement value (the share
+  of that group's fakes scored above it, ties half) aligned by image. For a share of one
+  group this is its auc_var. ``bootstrap.npz`` keeps V01 of every group whose share has
+  two or more groups.
+
+Groups with different real sets, of different conditions or of different cells count as
+independent. The last two are a simplification: other conditions are perturbed copies of
+the same images, and other cells (training generators, seeds) are other models scored on
+the same images, so their errors correlate through those images and an interval of a
+mean across conditions or cells is too narrow for the test-image sampling. Nor does it
+cover the seed-to-seed spread of training, which the report shows apart.
+
+Every draw comes from a generator seeded by (seed, group key) for tp* and by (seed,
+share) for tn*, so a group's draws do not depend on which other groups are in the run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,13 +75,15 @@ from bilora.atomic import atomic_path, derive_seed
 log = logging.getLogger(__name__)
 
 KEYS = ["detector", "train", "seed", "test", "perturbation", "level"]
-SCORE_COLUMNS = ["generator", "label", "perturbation", "level", "p_fake"]
+SCORE_COLUMNS = ["sha1", "generator", "label", "perturbation", "level", "p_fake"]
+SHARE_KEYS = ["detector", "train", "seed", "perturbation", "level", "real_set"]
 COUNT_METRICS = ("accuracy", "f1", "tpr", "tnr", "auc_hard")
 INTERVAL_METRICS = (*COUNT_METRICS, "auc")
 PD_TARGETS = {"5%": 0.05, "1%": 0.01}
 POINT_COLUMNS = ["n", "n_fake", "n_real", "unlabelled", "tp", "tn", "fp", "fn", "accuracy",
                  "f1", "tpr", "tnr", "auc", "auc_hard", "ap", "pd@5%", "pd@1%",
-                 "pd@5%_nearest", "pd@1%_nearest", "auc_var"]
+                 "pd@5%_nearest", "pd@1%_nearest", "auc_var", "auc_var_fake"]
+V01_SCALE = 65535  # V01 is stored as round(V01 * V01_SCALE) in uint16
 
 
 # -- count metrics (points and bootstrap draws share one formula) -------------------------
@@ -105,7 +134,9 @@ def group_metrics(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray,
     """Point metrics (``POINT_COLUMNS``) of every group, with numpy only.
 
     ``groups`` holds codes 0..G-1, every one present. Also returns ``first``: the index
-    of each group's first row, to keep groups in order of appearance.
+    of each group's first row, to keep groups in order of appearance, and ``v01``: per
+    row, a real image's DeLong placement value in its group (NaN for fakes, and for every
+    row of a group without fakes).
     """
     g = np.asarray(groups, dtype=np.int64)
     y = np.asarray(labels).astype(bool)
@@ -113,7 +144,7 @@ def group_metrics(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray,
     if not np.issubdtype(s.dtype, np.floating):
         s = s.astype(float)
     if len(g) == 0:
-        return {k: np.zeros(0) for k in [*POINT_COLUMNS, "first"]}
+        return {k: np.zeros(0) for k in [*POINT_COLUMNS, "first", "v01"]}
     G = int(g.max()) + 1
     nan = np.isnan(s)
     correct = ((s >= threshold) == y) & ~nan  # NaN: wrong whatever the label
@@ -171,19 +202,55 @@ def group_metrics(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray,
     # DeLong (Sun & Xu 2014): V10 = share of reals below each fake (ties half), V01 likewise
     rank = _midranks(gs, ss)  # descending midrank among all images of the group
     gp, gn = gs[ys], gs[~ys]
-    v10 = 1 - (rank[ys] - _midranks(gp, ss[ys])) / n_real[gp]
-    v01 = (rank[~ys] - _midranks(gn, ss[~ys])) / n_fake[gn]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # a group of one class: NaN
+        v10 = 1 - (rank[ys] - _midranks(gp, ss[ys])) / n_real[gp]
+        v01 = (rank[~ys] - _midranks(gn, ss[~ys])) / n_fake[gn]
         m10 = _per_group(gp, v10, G) / n_fake
         m01 = _per_group(gn, v01, G) / n_real
         s10 = _per_group(gp, (v10 - m10[gp]) ** 2, G) / (n_fake - 1)
         s01 = _per_group(gn, (v01 - m01[gn]) ** 2, G) / (n_real - 1)
-        out["auc_var"] = s10 / n_fake + s01 / n_real
+        out["auc_var_fake"] = s10 / n_fake
+        out["auc_var"] = out["auc_var_fake"] + s01 / n_real
+    out["v01"] = np.full(len(g), np.nan)
+    out["v01"][o[~ys]] = v01
     both = (n_fake > 0) & (n_real > 0)
     for k in ("auc", "ap", "pd@5%", "pd@1%", "pd@5%_nearest", "pd@1%_nearest"):
         out[k] = np.where(both, out[k], np.nan)
-    out["auc_var"] = np.where((n_fake > 1) & (n_real > 1), out["auc_var"], np.nan)
+    for k in ("auc_var", "auc_var_fake"):
+        out[k] = np.where((n_fake > 1) & (n_real > 1), out[k], np.nan)
     return out
+
+
+def real_sets(groups: np.ndarray, labels: np.ndarray, sha1: pd.Categorical
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(``real_set`` of every group, the real rows in canonical order).
+
+    ``real_set``: the first 16 hex digits of the SHA-256 of the group's real images'
+    ``sha1`` values, sorted, one per line ("" for a group without reals). The order lists
+    the real rows group by group (codes 0..G-1), each group's by ``sha1``, so the groups
+    of one real set list their images alike.
+    """
+    g = np.asarray(groups, dtype=np.int64)
+    G = int(g.max()) + 1 if len(g) else 0
+    real = np.flatnonzero(~np.asarray(labels).astype(bool))
+    names = np.asarray(sha1.categories.astype(str), dtype=object)
+    lexical = np.argsort(names, kind="stable")
+    rank = np.empty(len(names), np.int64)
+    rank[lexical] = np.arange(len(names))
+    r = rank[np.asarray(sha1.codes)[real]]
+    order = np.argsort(g[real] * max(len(names), 1) + r)  # duplicates: same bytes, alike
+    r, order = r[order], real[order]
+    stop = np.cumsum(np.bincount(g[order], minlength=G))
+    out, seen = np.full(G, "", dtype=object), {}
+    for i in range(G):
+        ranks = r[stop[i - 1] if i else 0:stop[i]]
+        if len(ranks):
+            fp = hashlib.blake2b(ranks.tobytes()).digest()  # same file: same ranks
+            if fp not in seen:
+                text = "\n".join(names[lexical[ranks]]).encode()
+                seen[fp] = hashlib.sha256(text).hexdigest()[:16]
+            out[i] = seen[fp]
+    return out, order
 
 
 def compute(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
@@ -199,7 +266,8 @@ def metrics_table(scores: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
     """Point metrics, one row per group, from per-image rows held in memory.
 
     ``scores`` has ``generator`` (the test set), ``perturbation``, ``level``, ``label``,
-    ``p_fake`` and whichever of ``detector``, ``train``, ``seed`` it groups by.
+    ``p_fake`` and whichever of ``detector``, ``train``, ``seed`` it groups by; with a
+    ``sha1`` column the table also has ``real_set``.
     """
     df = scores.rename(columns={"generator": "test"})
     keys = [k for k in KEYS if k in df.columns]
@@ -208,6 +276,11 @@ def metrics_table(scores: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
     table = df.iloc[m["first"]][keys].reset_index(drop=True)
     for k in POINT_COLUMNS:
         table[k] = m[k]
+    if "sha1" in df.columns:
+        sha1 = pd.Categorical(df["sha1"])
+        if (np.asarray(sha1.codes)[df["label"].to_numpy() == 0] < 0).any():
+            raise ValueError("scores: real rows with an empty 'sha1'")
+        table["real_set"] = real_sets(codes, df["label"].to_numpy(), sha1)[0]
     return table
 
 
@@ -232,11 +305,11 @@ def read_scores(path: str | os.PathLike) -> tuple[dict[str, str], pd.DataFrame]:
     missing = [c for c in SCORE_COLUMNS if c not in schema.names]
     if missing:
         raise SystemExit(f"bilora: {path} lacks column(s) {', '.join(missing)}")
-    strings = [c for c in ("generator", "perturbation", "level")
+    strings = [c for c in ("sha1", "generator", "perturbation", "level")
                if pa.types.is_string(schema.field(c).type)
                or pa.types.is_large_string(schema.field(c).type)]
     table = pq.read_table(path, columns=SCORE_COLUMNS, read_dictionary=strings)
-    for c in ("generator", "perturbation", "level"):
+    for c in ("sha1", "generator", "perturbation", "level"):
         col = table.column(c)
         if not pa.types.is_dictionary(col.type):
             table = table.set_column(table.schema.get_field_index(c), c,
@@ -246,12 +319,20 @@ def read_scores(path: str | os.PathLike) -> tuple[dict[str, str], pd.DataFrame]:
         raise SystemExit(f"bilora: {path} has empty generator/perturbation/level/label cells")
     if not df["label"].isin([0, 1]).all():
         raise SystemExit(f"bilora: {path}: column 'label' holds values other than 0 and 1")
+    if (df["sha1"].cat.codes.to_numpy()[df["label"].to_numpy() == 0] < 0).any():
+        raise SystemExit(f"bilora: {path} has real rows with an empty 'sha1' cell")
     return meta, df
 
 
 def file_metrics(path: str | os.PathLike, threshold: float = 0.5
-                 ) -> tuple[dict[str, str], pd.DataFrame]:
-    """(metadata, point-metrics table) of one score file, groups in order of appearance."""
+                 ) -> tuple[dict[str, str], pd.DataFrame, np.ndarray, np.ndarray]:
+    """(metadata, point-metrics table, V01, V01 lengths) of one score file.
+
+    The table's groups are in order of appearance and carry ``real_set``. V01 (uint16,
+    ``V01_SCALE`` = 1) concatenates, in table order, each group's placement values in
+    canonical real order (``real_sets``) for groups whose share (condition and real set)
+    holds two or more groups with fakes and reals; the other groups have length 0.
+    """
     meta, df = read_scores(path)
     try:
         seed = int(meta["seed"])
@@ -263,16 +344,31 @@ def file_metrics(path: str | os.PathLike, threshold: float = 0.5
     for c in cats:
         code = code * len(c.categories) + c.codes.to_numpy()
     present = np.bincount(code) > 0 if len(code) else np.zeros(0, bool)
-    dense = np.cumsum(present) - 1
-    m = group_metrics(dense[code], df["label"].to_numpy(), df["p_fake"].to_numpy(), threshold)
+    dense = (np.cumsum(present) - 1)[code]
+    labels = df["label"].to_numpy()
+    m = group_metrics(dense, labels, df["p_fake"].to_numpy(), threshold)
     first = m.pop("first")
+    real_set, real_order = real_sets(dense, labels, df["sha1"].array)
+    v01 = np.rint(m.pop("v01")[real_order] * V01_SCALE)
+    del df
     table = pd.DataFrame({"detector": meta["detector"], "train": meta["train"], "seed": seed,
                           **{k: np.asarray(c.categories.astype(str))[c.codes.to_numpy()[first]]
                              for k, c in zip(["test", "perturbation", "level"], cats,
                                              strict=True)},
-                          **{k: m[k] for k in POINT_COLUMNS}}, index=range(len(first)))
+                          **{k: m[k] for k in POINT_COLUMNS}, "real_set": real_set},
+                         index=range(len(first)))
+    # keep V01 of groups whose share holds two or more groups with an AUC
+    n_real = table["n_real"].to_numpy()
+    stop = np.cumsum(n_real)
+    start = stop - n_real
+    has_auc = ~np.isnan(table["auc"].to_numpy())
+    share = table.groupby(["perturbation", "level", "real_set"], sort=False).ngroup().to_numpy()
+    keep = has_auc & (np.bincount(share, weights=has_auc)[share] >= 2)
     order = np.argsort(first, kind="stable")
-    return meta, table.iloc[order].reset_index(drop=True)
+    lengths = np.where(keep, n_real, 0)[order]
+    take = np.concatenate([np.arange(start[i], stop[i]) for i in order if keep[i]]
+                          or [np.zeros(0, np.int64)])
+    return meta, table.iloc[order].reset_index(drop=True), v01[take].astype(np.uint16), lengths
 
 
 # -- intervals ----------------------------------------------------------------------------
@@ -281,22 +377,56 @@ def _z(confidence: float) -> float:
     return float(stats.norm.ppf(0.5 + confidence / 2))
 
 
+def _binomial_ppf(n: int, p: float, u: np.ndarray) -> np.ndarray:
+    """The inverse CDF of Binomial(n, p) at ``u`` (a window of +-15 sd beyond the mean)."""
+    if n <= 0 or p <= 0:
+        return np.zeros(len(u), np.int32)
+    if p >= 1:
+        return np.full(len(u), n, np.int32)
+    sd = np.sqrt(n * p * (1 - p))
+    lo = max(0, int(n * p - 15 * sd) - 10)
+    hi = min(n, int(n * p + 15 * sd) + 10)
+    cdf = stats.binom.cdf(np.arange(lo, hi + 1), n, p)
+    return (lo + np.minimum(np.searchsorted(cdf, u), hi - lo)).astype(np.int32)
+
+
+def share_keys(table: pd.DataFrame) -> list[tuple]:
+    """Each group's share: (detector, train, seed, perturbation, level, real_set).
+
+    Without a ``real_set`` column every group is a share of its own.
+    """
+    if "real_set" in table.columns:
+        return list(table[SHARE_KEYS].itertuples(index=False, name=None))
+    return [("own", *key) for key in table[KEYS].itertuples(index=False, name=None)]
+
+
 def draw_counts(table: pd.DataFrame, resamples: int, seed: int = 42
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Stratified bootstrap draws of (tp, tn): int32 arrays [groups, resamples].
 
-    Group i's generator is seeded by (seed, its key), so its draws do not depend on
-    the other rows of ``table``.
+    tp*: Binomial(n_fake, tp / n_fake) from a generator seeded by (seed, group key).
+    tn*: the inverse Binomial(n_real, tn / n_real) CDF of uniforms seeded by (seed,
+    share), one set for all groups of a share (``share_keys``). So a group's draws do not
+    depend on the other rows of ``table``.
     """
     G = len(table)
     tp_d = np.zeros((G, resamples), np.int32)
     tn_d = np.zeros((G, resamples), np.int32)
     cols = [table[c].to_numpy() for c in ("n_fake", "n_real", "tp", "tn")]
-    for i, key in enumerate(table[KEYS].itertuples(index=False, name=None)):
+    uniforms: dict[tuple, np.ndarray] = {}
+    drawn: dict[tuple, np.ndarray] = {}
+    keys = table[KEYS].itertuples(index=False, name=None)
+    for i, (key, share) in enumerate(zip(keys, share_keys(table), strict=True)):
         n_fake, n_real, tp, tn = (int(c[i]) for c in cols)
         rng = np.random.default_rng(derive_seed(seed, *key))
         tp_d[i] = rng.binomial(n_fake, tp / n_fake if n_fake else 0.0, resamples)
-        tn_d[i] = rng.binomial(n_real, tn / n_real if n_real else 0.0, resamples)
+        if share not in uniforms:
+            uniforms[share] = np.random.default_rng(
+                derive_seed(seed, "reals", *share)).random(resamples)
+        if (share, n_real, tn) not in drawn:
+            drawn[share, n_real, tn] = _binomial_ppf(n_real, tn / n_real if n_real else 0.0,
+                                                     uniforms[share])
+        tn_d[i] = drawn[share, n_real, tn]
     return tp_d, tn_d
 
 
@@ -320,30 +450,71 @@ def add_intervals(table: pd.DataFrame, tp_draws: np.ndarray, tn_draws: np.ndarra
     return out
 
 
-def mean_interval(draws_tp: np.ndarray, draws_tn: np.ndarray, rows: np.ndarray,
-                  table: pd.DataFrame, metric: str, confidence: float = 0.95
+def load_draws(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of a ``bootstrap.npz``, read into memory once."""
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _auc_mean_variance(rows: np.ndarray, table: pd.DataFrame, share: np.ndarray,
+                       draws: Mapping[str, np.ndarray]) -> tuple[float, int]:
+    """(sum of the covariances of the AUCs at ``rows``, how many count), by shares."""
+    var = table["auc_var"].to_numpy(float)[rows]
+    ok = ~np.isnan(var)
+    rows, var = rows[ok], var[ok]
+    total = 0.0
+    ids, inverse, counts = np.unique(share[rows], return_inverse=True, return_counts=True)
+    total += var[counts[inverse] == 1].sum()
+    if (counts > 1).any():
+        fake = table["auc_var_fake"].to_numpy(float)
+        start = draws["v01_start"]
+        for c in np.flatnonzero(counts > 1):
+            members = rows[inverse == c]
+            lengths = start[members + 1] - start[members]
+            n = int(table["n_real"].iloc[members[0]])
+            if (lengths != n).any():
+                raise ValueError(f"draws lack V01 of group(s) {members[lengths != n].tolist()}"
+                                 " that share their reals: not the draws of this table?")
+            total_v = np.zeros(n, np.int64)
+            for i in members:
+                total_v += draws["v01"][start[i]:start[i + 1]]
+            total += fake[members].sum() + np.var(total_v / V01_SCALE, ddof=1) / n
+    return total, len(rows)
+
+
+def mean_interval(draws: Mapping[str, np.ndarray], rows: np.ndarray, table: pd.DataFrame,
+                  metric: str, confidence: float = 0.95
                   ) -> tuple[float, float, float] | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(point, lo, hi) of the mean of ``metric`` over the groups at positions ``rows``.
 
-    ``rows`` indexes ``table``'s rows and the draws (positions, not labels). A 1-D
-    ``rows`` gives floats; a 2-D one [means, k] gives arrays, one mean per line. Groups
-    count as independent. Count metrics: the percentile interval of the per-draw means.
-    ``auc``: mean AUC +- z sqrt(sum of auc_var) / k, clipped to [0, 1]. NaN groups are
-    skipped, as pandas' mean does.
+    ``draws``: ``load_draws("bootstrap.npz")`` of the run that wrote ``table`` (count
+    metrics read ``tp``, ``tn``; ``auc`` reads ``v01``, ``v01_start``). ``rows`` indexes
+    ``table``'s rows and the draws (positions, not labels). A 1-D ``rows`` gives floats;
+    a 2-D one [means, k] gives arrays, one mean per line. Count metrics: the percentile
+    interval of the per-draw means (tn* is shared within a share, so the shared reals
+    count once). ``auc``: mean AUC +- z sqrt(var) / k, clipped to [0, 1], var summing
+    auc_var over groups alone in their share and, per share of several groups, their
+    auc_var_fake plus var_j(sum of V01(j)) / n_real. Shares are independent of each
+    other; without a ``real_set`` column every group is a share of its own. NaN groups
+    are skipped, as pandas' mean does.
     """
     rows = np.asarray(rows, dtype=np.int64)
     point = np.nanmean(table[metric].to_numpy(float)[rows], axis=-1)
     if metric == "auc":
-        var = table["auc_var"].to_numpy(float)[rows]
-        k = (~np.isnan(var)).sum(axis=-1)
+        share = (pd.Series(share_keys(table), dtype=object).factorize()[0]
+                 if "real_set" in table.columns else np.arange(len(table)))
+        var, k = np.zeros(rows.shape[:-1]), np.zeros(rows.shape[:-1], np.int64)
+        for line in np.ndindex(rows.shape[:-1]):
+            var[line], k[line] = _auc_mean_variance(rows[line], table, share, draws)
         with np.errstate(divide="ignore", invalid="ignore"):
-            half = _z(confidence) * np.sqrt(np.nansum(var, axis=-1)) / k
+            half = _z(confidence) * np.sqrt(var) / k
         lo, hi = np.clip(point - half, 0, 1), np.clip(point + half, 0, 1)
     else:
         n_fake = table["n_fake"].to_numpy(float)[rows][..., None]
         n_real = table["n_real"].to_numpy(float)[rows][..., None]
-        draws = count_metric(metric, draws_tp[rows], draws_tn[rows], n_fake, n_real)
-        means = np.nanmean(draws, axis=-2)
+        draws_tp, draws_tn = draws["tp"], draws["tn"]
+        values = count_metric(metric, draws_tp[rows], draws_tn[rows], n_fake, n_real)
+        means = np.nanmean(values, axis=-2)
         lo, hi = np.percentile(means, [50 * (1 - confidence), 50 * (1 + confidence)], axis=-1)
     if rows.ndim == 1:
         return float(point), float(lo), float(hi)
@@ -358,18 +529,20 @@ def run_metrics(score_paths: Sequence[str | os.PathLike], out_parquet: str | os.
     """Metrics with intervals of every group of ``score_paths``, read one file at a time.
 
     Writes ``out_parquet`` (metadata: detector_labels, threshold, resamples, confidence,
-    seed), the same table as csv beside it, and ``bootstrap.npz`` beside it (``tp``, ``tn``:
-    int32 [groups, resamples] aligned with the table's rows, plus ``resamples``,
-    ``confidence``, ``seed``, ``threshold``). Returns the table.
+    seed), the same table as csv beside it, and ``bootstrap.npz`` beside it, aligned with
+    the table's rows: ``tp``, ``tn`` (int32 [groups, resamples]), ``v01`` (uint16, V01 *
+    ``V01_SCALE``, see ``file_metrics``) and ``v01_start`` (int64 [groups + 1]: group i's
+    V01 is ``v01[v01_start[i]:v01_start[i + 1]]``), plus ``resamples``, ``confidence``,
+    ``seed``, ``threshold``, ``v01_scale``. Returns the table.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    tables, labels, cells = [], {}, {}
+    tables, labels, cells, v01s, lengths = [], {}, {}, [], []
     for path in score_paths:
-        meta, t = file_metrics(path, threshold)
+        meta, t, v01, length = file_metrics(path, threshold)
         cell = (meta["detector"], meta["train"], int(meta["seed"]))
         if cell in cells:
             raise SystemExit(f"bilora: {path} and {cells[cell]} both hold detector "
@@ -377,18 +550,25 @@ def run_metrics(score_paths: Sequence[str | os.PathLike], out_parquet: str | os.
         cells[cell] = path
         labels[meta["detector"]] = meta.get("detector_label", meta["detector"])
         tables.append(t)
+        v01s.append(v01)
+        lengths.append(length)
         log.info("%s: %d groups", path, len(t))
     table = (pd.concat(tables, ignore_index=True) if tables
-             else pd.DataFrame(columns=KEYS + POINT_COLUMNS))
+             else pd.DataFrame(columns=[*KEYS, *POINT_COLUMNS, "real_set"]))
+    del tables
     tp_d, tn_d = draw_counts(table, resamples, seed)
     table = add_intervals(table, tp_d, tn_d, confidence)
+    v01 = np.concatenate(v01s) if v01s else np.zeros(0, np.uint16)
+    del v01s
+    start = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64) \
+        if lengths else np.zeros(1, np.int64)
 
     out = Path(out_parquet)
     with atomic_path(out.with_name("bootstrap.npz")) as tmp, open(tmp, "wb") as f:
-        np.savez(f, tp=tp_d, tn=tn_d, resamples=resamples, confidence=confidence, seed=seed,
-                 threshold=threshold)
+        np.savez(f, tp=tp_d, tn=tn_d, v01=v01, v01_start=start, resamples=resamples,
+                 confidence=confidence, seed=seed, threshold=threshold, v01_scale=V01_SCALE)
     with atomic_path(out.with_suffix(".csv")) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6f")
+        table.to_csv(tmp, index=False, float_format="%.6g")
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     info = {"detector_labels": json.dumps(labels), "threshold": threshold,
             "resamples": resamples, "confidence": confidence, "seed": seed}

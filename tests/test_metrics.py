@@ -11,9 +11,12 @@ from sklearn.metrics import average_precision_score, f1_score, roc_auc_score, ro
 from bilora.metrics import (
     COUNT_METRICS,
     KEYS,
+    V01_SCALE,
     add_intervals,
     compute,
+    count_metric,
     draw_counts,
+    load_draws,
     mean_interval,
     metrics_table,
     run_metrics,
@@ -133,6 +136,10 @@ def test_delong_variance_definition_and_bootstrap():
     s = np.round(np.clip(y * 0.25 + rng.normal(0.4, 0.2, len(y)), 0, 1), 2)  # with ties
     m = compute(y, s)
     assert m["auc_var"] == pytest.approx(_delong_pairwise(y, s), rel=1e-9)
+    pos = s[y == 1]
+    psi = (pos[:, None] > s[y == 0]) + 0.5 * (pos[:, None] == s[y == 0])
+    assert m["auc_var_fake"] == pytest.approx(psi.mean(1).var(ddof=1) / len(pos), rel=1e-9)
+    assert 0 < m["auc_var_fake"] < m["auc_var"]
     # stratified row bootstrap of sklearn's AUC: its variance estimates the same thing.
     # B = 500 gives the bootstrap variance a relative Monte Carlo error of
     # sqrt(2 / B) = 6.3 %, and the two estimators differ by O(1/n) ~ 0.5 %; measured
@@ -215,26 +222,27 @@ def test_mean_interval_matches_a_slow_reference():
     R = 400
     tp_d = rng.binomial(n_fake[:, None], (table.tp / n_fake).to_numpy()[:, None], (6, R))
     tn_d = rng.binomial(n_real[:, None], (table.tn / n_real).to_numpy()[:, None], (6, R))
+    draws = {"tp": tp_d, "tn": tn_d}
     for m in ("accuracy", "f1", "tpr", "tnr"):
         table[m] = [_scalar(m, table.tp[i], table.tn[i], n_fake[i], n_real[i]) for i in range(6)]
     rows = np.array([0, 2, 3, 5])
     for m in ("accuracy", "f1", "tpr", "tnr"):
         means = [np.mean([_scalar(m, tp_d[i, r], tn_d[i, r], n_fake[i], n_real[i])
                           for i in rows]) for r in range(R)]
-        point, lo, hi = mean_interval(tp_d, tn_d, rows, table, m, 0.9)
+        point, lo, hi = mean_interval(draws, rows, table, m, 0.9)
         assert point == pytest.approx(table[m][rows].mean())
         assert (lo, hi) == pytest.approx(tuple(np.percentile(means, [5, 95])))
-    point, lo, hi = mean_interval(tp_d, tn_d, rows, table, "auc", 0.95)
+    point, lo, hi = mean_interval(draws, rows, table, "auc", 0.95)
     half = 1.959964 * np.sqrt(table.auc_var[rows].sum()) / len(rows)
     assert (point, lo, hi) == pytest.approx((table.auc[rows].mean(),
                                              table.auc[rows].mean() - half,
                                              table.auc[rows].mean() + half))
     # many means at once: one per line of a 2-D rows
-    many = mean_interval(tp_d, tn_d, np.array([rows, [1, 2, 4, 5]]),
-                         table, "f1", 0.95)
-    for j, r in enumerate((rows, np.array([1, 2, 4, 5]))):
-        assert tuple(x[j] for x in many) == pytest.approx(mean_interval(tp_d, tn_d, r, table,
-                                                                        "f1", 0.95))
+    for m in ("f1", "auc"):
+        many = mean_interval(draws, np.array([rows, [1, 2, 4, 5]]), table, m, 0.95)
+        for j, r in enumerate((rows, np.array([1, 2, 4, 5]))):
+            assert tuple(x[j] for x in many) == pytest.approx(
+                mean_interval(draws, r, table, m, 0.95))
 
 
 def _scalar(m, tp, tn, nf, nr):
@@ -295,6 +303,162 @@ def test_run_metrics_writes_aligned_table_and_draws(tmp_path):
     assert np.array_equal(np.load(tmp_path / "n" / "bootstrap.npz")["tp"], boot["tp"][:4])
 
 
+def _shared_reals_file(path, tests, rng, shared=True, conditions=(("none", "-"),),
+                       n_fake=150, n_real=200, train="A"):
+    """Score file of ``tests``: logit fakes N(0.2 + 0.3 j, 1.2), reals N(-1, 1.2). With
+    ``shared`` every set holds the same reals (same sha1, one score per condition)."""
+    frames = []
+    for pert, level in conditions:
+        common = rng.normal(-1.0, 1.2, n_real)
+        for j, t in enumerate(tests):
+            real = common if shared else rng.normal(-1.0, 1.2, n_real)
+            logit = np.r_[rng.normal(0.2 + 0.3 * j, 1.2, n_fake), real]
+            frames.append(pd.DataFrame({
+                "sha1": [f"{t}-fake{i:05d}" for i in range(n_fake)]
+                + [f"{'' if shared else t}real{i:05d}" for i in range(n_real)],
+                "generator": t, "label": np.r_[np.ones(n_fake), np.zeros(n_real)].astype("int8"),
+                "perturbation": pert, "level": level,
+                "p_fake": (1 / (1 + np.exp(-logit))).astype("float32")}))
+    df = pd.concat(frames, ignore_index=True).sample(frac=1, random_state=1)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = {b"detector": b"det", b"train": train.encode()}
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, **meta}), path)
+    return df
+
+
+def test_real_set_names_the_sorted_sha1s():
+    df = pd.DataFrame({"generator": list("AAAABBBBCCCD"), "perturbation": "none", "level": "-",
+                       "label": [1, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 1],
+                       "sha1": ["f1", "r2", "r1", "r3", "r3", "f2", "r2", "r1", "f3", "r1", "r9",
+                                "f4"],
+                       "p_fake": np.linspace(0, 1, 12)})
+    t = metrics_table(df).set_index("test")
+    import hashlib
+    assert t.loc["A", "real_set"] == hashlib.sha256(b"r1\nr2\nr3").hexdigest()[:16]
+    assert t.loc["B", "real_set"] == t.loc["A", "real_set"]  # same images, other order
+    assert t.loc["C", "real_set"] not in ("", t.loc["A", "real_set"])
+    assert t.loc["D", "real_set"] == ""  # no reals
+
+
+def test_tn_draws_are_shared_by_sets_with_the_same_reals(tmp_path):
+    rng = np.random.default_rng(10)
+    _shared_reals_file(tmp_path / "a.parquet", ["A", "B", "C"], rng,
+                       conditions=(("none", "-"), ("jpeg", "50")))
+    _shared_reals_file(tmp_path / "b.parquet", ["A", "B"], rng, shared=False, train="B")
+    t = run_metrics([tmp_path / "a.parquet", tmp_path / "b.parquet"],
+                    tmp_path / "m" / "metrics.parquet", resamples=1000)
+    d = load_draws(tmp_path / "m" / "bootstrap.npz")
+    none = np.flatnonzero((t.train == "A") & (t.perturbation == "none"))
+    jpeg = np.flatnonzero((t.train == "A") & (t.perturbation == "jpeg"))
+    own = np.flatnonzero(t.train == "B")
+    assert t.real_set[none].nunique() == 1 and t.real_set[own].nunique() == 2
+    assert (t.real_set[jpeg] == t.real_set[none[0]]).all()  # same images, other condition
+    for rows in (none, jpeg):  # one tn draw for the sets of a share, tp per set
+        assert all(np.array_equal(d["tn"][rows[0]], d["tn"][i]) for i in rows)
+        assert not np.array_equal(d["tp"][rows[0]], d["tp"][rows[1]])
+    # independent: across conditions and across real sets; |corr| sd is ~0.03 at R = 1000
+    for a, b in ((none[0], jpeg[0]), (own[0], own[1])):
+        assert abs(np.corrcoef(d["tn"][a], d["tn"][b])[0, 1]) < 0.15
+    # V01 kept for the groups of shares of several sets only, aligned by image
+    length = np.diff(d["v01_start"])
+    assert (length[none] == 200).all() and (length[own] == 0).all()
+    v = d["v01"][d["v01_start"][none[0]]:d["v01_start"][none[0] + 1]] / V01_SCALE
+    assert v.mean() == pytest.approx(t.auc[none[0]], abs=1e-4)  # mean placement: the AUC
+
+
+def _weights(rng, n, size):
+    """Bootstrap multiplicities: how often each of n rows is drawn, [size, n]."""
+    idx = rng.integers(0, n, (size, n))
+    return np.stack([np.bincount(i, minlength=n) for i in idx])
+
+
+def test_mean_intervals_match_a_bootstrap_that_draws_shared_reals_once(tmp_path):
+    """The slow reference: stratified row bootstrap, the shared reals resampled once per
+    draw for the four sets, each set's fakes apart; AUC and counts of every set recomputed."""
+    rng = np.random.default_rng(11)
+    tests = ["A", "B", "C", "D"]
+    df = _shared_reals_file(tmp_path / "a.parquet", tests, rng)
+    t = run_metrics([tmp_path / "a.parquet"], tmp_path / "m" / "metrics.parquet",
+                    resamples=4000)
+    d = load_draws(tmp_path / "m" / "bootstrap.npz")
+    sets = {g: p.sort_values("sha1") for g, p in df.groupby("generator")}  # reals aligned
+    B = 4000
+    w_real = _weights(rng, 200, B)  # one draw of the reals for all four sets
+    ref = {m: np.zeros(B) for m in (*COUNT_METRICS, "auc")}
+    for g in tests:
+        y, s = sets[g].label.to_numpy(), sets[g].p_fake.to_numpy().astype(float)
+        fake, real = s[y == 1], s[y == 0]
+        w_fake = _weights(rng, len(fake), B)
+        psi = (fake[:, None] > real[None, :]) + 0.5 * (fake[:, None] == real[None, :])
+        auc = np.einsum("bi,ij,bj->b", w_fake, psi, w_real) / (len(fake) * len(real))
+        for b in range(5):  # the reference's AUC is sklearn's AUC of the resampled rows
+            rows = np.r_[np.repeat(np.arange(len(fake)), w_fake[b]),
+                         len(fake) + np.repeat(np.arange(len(real)), w_real[b])]
+            assert auc[b] == pytest.approx(roc_auc_score(np.r_[y[y == 1], y[y == 0]][rows],
+                                                         np.r_[fake, real][rows]))
+        tp, tn = w_fake @ (fake >= 0.5), w_real @ (real < 0.5)
+        ref["auc"] += auc / len(tests)
+        for m in COUNT_METRICS:
+            ref[m] += count_metric(m, tp, tn, len(fake), len(real)) / len(tests)
+    rows = np.flatnonzero(t.perturbation == "none")
+    independent = t.assign(real_set=t.test)  # every set its own reals: the old intervals
+    tp_i, tn_i = draw_counts(independent, 4000, 42)
+    # Tolerance: a 2.5 % / 97.5 % percentile end of B = 4000 draws has a Monte Carlo sd of
+    # sqrt(.025 * .975 / B) / phi(1.96) = 0.042 sd of the mean; both sides, 0.06 sd. Allow
+    # 0.3 sd (5 Monte Carlo sd) plus one count step (1/200, 0.19 sd of tnr). Largest
+    # differences measured over six data seeds: auc 0.13 sd, tnr 0.17 sd (one step), the
+    # others 0.15 sd. The independent intervals miss by 0.5-0.8 sd (auc) and 0.8-1.1 sd
+    # (tnr) at each end.
+    for m in (*COUNT_METRICS, "auc"):
+        sd = ref[m].std(ddof=1)
+        lo, hi = np.percentile(ref[m], [2.5, 97.5])
+        step = 0.0 if m == "auc" else 1 / 200
+        _, a, b = mean_interval(d, rows, t, m)
+        assert a == pytest.approx(lo, abs=0.3 * sd + step), m
+        assert b == pytest.approx(hi, abs=0.3 * sd + step), m
+        if m in ("auc", "tnr"):  # treating the sets as independent fails this check
+            _, a, b = mean_interval({"tp": tp_i, "tn": tn_i}, rows, independent, m)
+            assert abs(a - lo) + abs(b - hi) > 2 * (0.3 * sd + step), m
+
+
+def test_shared_reals_widen_mean_intervals_and_own_reals_leave_them(tmp_path):
+    rng = np.random.default_rng(12)
+    tests = ["A", "B", "C", "D"]
+    _shared_reals_file(tmp_path / "a.parquet", tests, rng)
+    _shared_reals_file(tmp_path / "b.parquet", tests, rng, shared=False, train="B")
+    t = run_metrics([tmp_path / "a.parquet", tmp_path / "b.parquet"],
+                    tmp_path / "m" / "metrics.parquet", resamples=2000)
+    d = load_draws(tmp_path / "m" / "bootstrap.npz")
+    independent = t.assign(real_set=t.test + t.train)
+    tp_i, tn_i = draw_counts(independent, 2000, 7)
+    indep = {"tp": tp_i, "tn": tn_i}
+
+    def width(draws, table, rows, m):
+        _, lo, hi = mean_interval(draws, rows, table, m)
+        return hi - lo
+
+    shared, own = np.flatnonzero(t.train == "A"), np.flatnonzero(t.train == "B")
+    # the sets' reals are the same images: tnr of the mean is one set's tnr, sqrt(4) = 2
+    # times wider than four independent ones. Ratios measured over six data seeds: tnr
+    # 1.87-1.96, accuracy 1.54-1.71, f1 1.23-1.37, auc_hard 1.38-1.53, auc 1.43-1.55;
+    # tpr (fakes only) 0.95-1.02
+    for m, least in (("tnr", 1.6), ("accuracy", 1.3), ("f1", 1.1), ("auc_hard", 1.2),
+                     ("auc", 1.25)):
+        assert width(d, t, shared, m) > least * width(indep, independent, shared, m), m
+    assert width(d, t, shared, "tpr") == pytest.approx(
+        width(indep, independent, shared, "tpr"), rel=0.15)
+    # own reals: the same AUC formula as before, count widths within Monte Carlo error
+    # (percentile ends of 2000 draws: about 3 % of the width; measured within 7 %)
+    half = 1.959964 * np.sqrt(t.auc_var[own].sum()) / 4
+    assert width(d, t, own, "auc") == pytest.approx(2 * half, rel=1e-6)
+    for m in COUNT_METRICS:
+        assert width(d, t, own, m) == pytest.approx(width(indep, independent, own, m),
+                                                    rel=0.15), m
+    # a mean across both cells: shared within cell A only
+    both = np.r_[shared, own]
+    assert width(d, t, both, "auc") > width(indep, independent, both, "auc")
+
+
 def test_run_metrics_rejects_two_files_of_one_cell(tmp_path):
     rng = np.random.default_rng(9)
     for name in ("a", "b"):
@@ -302,6 +466,21 @@ def test_run_metrics_rejects_two_files_of_one_cell(tmp_path):
     with pytest.raises(SystemExit, match="a.parquet.*one file a cell"):
         run_metrics([tmp_path / "b.parquet", tmp_path / "a.parquet"],
                     tmp_path / "metrics.parquet", resamples=10)
+
+
+def test_score_files_need_the_sha1_of_every_real(tmp_path):
+    rng = np.random.default_rng(13)
+    df = _shared_reals_file(tmp_path / "a.parquet", ["A"], rng)
+    pq.write_table(pa.Table.from_pandas(df.drop(columns="sha1")).replace_schema_metadata(
+        {"detector": "det", "train": "A"}), tmp_path / "b.parquet")
+    with pytest.raises(SystemExit, match="b.parquet lacks column.*sha1"):
+        run_metrics([tmp_path / "b.parquet"], tmp_path / "m.parquet", resamples=10)
+    df.loc[df.label == 0, "sha1"] = df.loc[df.label == 0, "sha1"].where(
+        np.arange((df.label == 0).sum()) > 0)
+    pq.write_table(pa.Table.from_pandas(df).replace_schema_metadata(
+        {"detector": "det", "train": "A"}), tmp_path / "c.parquet")
+    with pytest.raises(SystemExit, match="c.parquet has real rows with an empty 'sha1'"):
+        run_metrics([tmp_path / "c.parquet"], tmp_path / "m.parquet", resamples=10)
 
 
 def test_metrics_and_report_never_import_a_model_library():
