@@ -132,7 +132,8 @@ class Context:
                 f"Cells: value [lo, hi] in percent, one decimal; [lo, hi] is the "
                 f"{self.percent()} interval (bootstrap stratified by class: the fakes and the "
                 "reals of each test set resampled apart; AUC: DeLong's interval); a column "
-                "without brackets has no interval.")
+                "without brackets has no interval. In LaTeX the bracketed part is printed "
+                "under its value.")
             seeds = self.spec["seeds"]
             if len(seeds) > 1:
                 lines.append(

@@ -2,10 +2,11 @@
 
 An interval cell is an :class:`Est` and reads ``93.4 [92.9, 93.9]`` (percent, one
 decimal), followed by ``±0.6`` (the seed-to-seed standard deviation) when several
-seeds were averaged. Markdown writes it on one line; LaTeX stacks the value over the
-rest of the same text (``\\shortstack``), so wide tables stay readable, and splits a
-table too wide for a page into several tabulars (row labels repeated, column groups
-kept whole). The LaTeX needs ``\\usepackage{booktabs}`` only.
+seeds were averaged. Markdown writes it on one line; LaTeX writes the value in one
+table row and the rest of the same text in small type in the row under it, so wide
+tables stay readable, and splits a table too wide for a page into several tabulars
+(row labels repeated, column groups kept whole where they fit). The LaTeX needs
+``\\usepackage{booktabs}`` only.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pandas as pd
 
 NAN = float("nan")
 TEXT_WIDTH_CM = 16.0  # a single-column page; wider tables are split into tabulars
-_CM_PER_CHAR = {"footnotesize": 0.15, "scriptsize": 0.13}
+_CM_PER_CHAR = {"footnotesize": 0.14, "scriptsize": 0.125}  # a digit at 8 pt and 7 pt
 _PAD_CM = 0.21  # 2 x \tabcolsep of 3pt
 
 _TEX_CHARS = {
@@ -91,13 +92,12 @@ class Est:
         value, rest = self.parts(digits)
         return f"{value} {rest}".strip()
 
-    def tex(self, digits: int = 1) -> str:
+    def tex(self, digits: int = 1) -> tuple[str, str]:
+        """(the value, the rest in small type) for two table rows; the rest may be empty."""
         value, rest = self.parts(digits)
-        if not rest:
-            return tex_escape(value)
-        if not self.has_interval:  # value ±sd: one line
-            return tex_escape(f"{value} {rest}")
-        return rf"\shortstack{{{tex_escape(value)}\\{{\scriptsize {tex_escape(rest)}}}}}"
+        if not self.has_interval:  # a value, or a value ±sd: one line
+            return tex_escape(f"{value} {rest}".strip()), ""
+        return tex_escape(value), rf"{{\scriptsize {tex_escape(rest)}}}"
 
     def width_cm(self) -> float:
         value, rest = self.parts()
@@ -221,6 +221,7 @@ class Table:
             long = i < self.stubs and max(
                 [len(str(r[i])) for r in self.rows] + [len(c.header)]) > 24
             spec.append("p{3.2cm}" if long else c.align)
+        ragged = [s == "p{3.2cm}" for s in spec]  # wrapped row labels: ragged, not justified
         lines = [r"\begin{tabular}{" + "".join(spec) + "}", r"\toprule"]
         if any(self.columns[i].group for i in idx):
             top, rules, j = [], [], 0
@@ -241,9 +242,15 @@ class Table:
         lines.append(" & ".join(_tex_header(self.columns[i].header) if i >= self.stubs
                                 else tex_escape(self.columns[i].header) for i in idx) + r" \\")
         lines.append(r"\midrule")
-        for row in self.rows:
-            cells = [row[i].tex() if isinstance(row[i], Est) else tex_escape(row[i]) for i in idx]
-            lines.append(" & ".join(cells) + r" \\")
+        for n, row in enumerate(self.rows):
+            cells = [row[i].tex() if isinstance(row[i], Est) else
+                     ((r"\raggedright " if ragged[k] else "") + tex_escape(row[i]), "")
+                     for k, i in enumerate(idx)]
+            if n and any(c[1] for c in cells):
+                lines.append(r"\addlinespace[2pt]")
+            lines.append(" & ".join(c[0] for c in cells) + r" \\")
+            if any(c[1] for c in cells):  # the interval and seed spread under the value
+                lines.append(" & ".join(c[1] for c in cells) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
         return "\n".join(lines)
 

@@ -25,6 +25,9 @@ from bilora.report.layout import Column, Est, Table
 PERCENT = ("accuracy", "f1", "auc_hard", "auc", "tpr", "tnr")
 COUNTS = ("trainable_parameters", "total_parameters")
 SHARES = ("trainable_share",)
+METRICS = {"accuracy": "accuracy", "f1": "F1", "auc_hard": "AUC (hard)", "auc": "AUC",
+           "tpr": "TPR", "tnr": "TNR", "trainable_parameters": "trainable",
+           "total_parameters": "parameters", "trainable_share": "trainable %"}
 REQUIRED = ("id", "detector", "train", "test", "metric", "value", "source", "definition")
 
 
@@ -103,11 +106,11 @@ def paper_vs_reproduced(ctx: Context) -> Table:
     pmap, comparable = dict(pub["map"]), bool(pub["comparable"])
     entries = load_published(pub["file"])
     repro = "reproduced" if comparable else "stand-in (NOT comparable)"
-    inside_head = f"published in {ctx.percent()} interval"
     columns = [Column("figure", align="l"), Column("train", align="l"),
                Column("test", align="l"), Column("metric", align="l"),
                Column("published", align="r"), Column(repro), Column("difference", align="r"),
-               Column(inside_head), Column("source", align="l"),
+               Column("in interval", name=f"published in {ctx.percent()} interval"),
+               Column("why not run", align="l"), Column("source", align="l"),
                Column("definition", align="l")]
     rows, data = [], []
     for e in entries:
@@ -121,7 +124,7 @@ def paper_vs_reproduced(ctx: Context) -> Table:
             test = f"{test} ({c['tests'][0]})"
         est: Est = c["est"]
         if not est.ok:
-            cell: Est | str = est.missing + (f": {c['why']}" if c.get("why") else "")
+            cell: Est | str = est.missing
         elif pct:
             cell = est
         else:
@@ -130,19 +133,17 @@ def paper_vs_reproduced(ctx: Context) -> Table:
             f"{c['difference']:+.2f}" if pct else f"{c['difference']:+.4f}" if metric in SHARES
             else f"{c['difference']:+,.0f}")
         inside = {True: "yes", False: "no", None: ""}[c["inside"]]
-        if not pct and c["inside"] is not None:
-            inside = ("equal" if c["inside"] else "differs") + (
-                " (within rounding)" if e.get("precision") and c["inside"] else "")
-        rows.append([e["id"], shown_train, test, metric,
+        rows.append([e["id"], shown_train, test, METRICS.get(metric, metric),
                      _count_text(metric, float(e["value"]), published=True),
-                     cell, diff, inside, e["source"], e["definition"]])
+                     cell, diff, inside, c.get("why", ""), e["source"], e["definition"]])
         data.append({"id": e["id"], "detector": e["detector"],
                      "label": ctx.labels.get(e["detector"], ""),
                      "train_paper": e["train"], "train": c["train"], "test_paper": e["test"],
                      "tests": ";".join(str(i) for i in c["tests"]), "metric": metric,
                      "published": float(e["value"]), "precision": e.get("precision"),
                      **est_columns("", est), "difference": c["difference"],
-                     "inside": c["inside"], "status": c["status"], "source": e["source"],
+                     "inside": c["inside"], "status": c["status"], "why": c.get("why", ""),
+                     "source": e["source"],
                      "definition": e["definition"], "comparable": comparable})
     mapping = ", ".join(f"{k} → {v}" for k, v in pmap.items())
     if comparable:
@@ -156,11 +157,12 @@ def paper_vs_reproduced(ctx: Context) -> Table:
                 "the paper's data or models: they are NOT comparable with the published "
                 "figures, and the table shows only that the comparison runs.")
     caption = [head, f"Paper names mapped to this run's generators: {mapping or 'none'}.",
-               "Percentages are compared by whether the published value lies inside the "
-               f"{ctx.percent()} interval of the reproduced one; parameter counts by equality "
-               "(within half the rounding step where the paper rounds). not run: the run has no "
-               "such detector or generator. Sources and definitions: csv and Markdown versions.",
+               "in interval: for a percentage, whether the published value lies inside the "
+               f"{ctx.percent()} interval of the reproduced one; for a parameter count, whether "
+               "the two are equal (within half the rounding step where the paper rounds). "
+               "not run: the run has no such detector or generator. Why, sources and "
+               "definitions: csv and Markdown versions.",
                *ctx.caption("paper_vs_reproduced")]
     table = Table("paper_vs_reproduced", title, caption, columns, rows, pd.DataFrame(data))
-    table.latex_columns = list(range(8))  # source and definition: csv and Markdown only
+    table.latex_columns = list(range(8))  # why, source, definition: csv and Markdown only
     return table
