@@ -183,6 +183,22 @@ def test_ablation_only_with_variants(run, renamed):
     assert "| Bi-LoRA (test) | lora.r | 16 (base) |" in md
 
 
+def test_ablation_figure_with_listed_values_and_an_unknown_base(tmp_path):
+    from bilora.report.figures import ablation
+
+    pts = [{"value": None, "detector": "b", "is_base": True, "known": False,
+            "est": Est(80.0, 78.0, 82.0), "parameters": {"trainable": 10, "total": 20}},
+           {"value": ["q_proj", "v_proj"], "detector": "b@t=q+v", "is_base": False,
+            "known": True, "est": Est(82.0, 80.0, 84.0),
+            "parameters": {"trainable": 5_242_880, "total": 20}},
+           {"value": ["q_proj"], "detector": "b@t=q", "is_base": False, "known": True,
+            "est": Est(float("nan"), missing="not run"), "parameters": None}]
+    paths = ablation([{"base": "b", "key": "lora.target_modules", "points": pts}],
+                     {"b": "B"}, "title", tmp_path)
+    assert [p.name for p in paths] == ["ablation.png", "ablation.pdf"]
+    assert all(p.stat().st_size > 5000 for p in paths)
+
+
 # -- numbers in the right cells ---------------------------------------------------------
 
 def test_matrix_cell_and_mean_with_interval_and_seed_sd(run):
@@ -294,7 +310,8 @@ def test_captions_carry_note_format_control_protocol_and_warnings(run, renamed):
     assert "re-encoded" not in (t / "detectors.md").read_text()
     # a detector in the spec without metrics: "not run" cells and a warning, no crash
     rt = renamed["dir"] / "tables"
-    assert "not run" in (rt / "accuracy_matrix_xception.md").read_text()
+    assert "| G1 | not run | not run | not run | not run |" in \
+        (rt / "accuracy_matrix_xception.md").read_text()
     assert "xception (Never run) has no rows in the metrics" in (rt / "warnings.md").read_text()
     assert "See warnings.md: detector xception" in (rt / "detectors.md").read_text()
     clean = make_spec(labels={"bilora": "B"}, variants={}, published=None)

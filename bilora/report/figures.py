@@ -116,7 +116,7 @@ def ablation(sweeps: list[dict[str, Any]], labels: dict[str, str], title: str,
              out_dir: str | os.PathLike) -> list[Path]:
     """Swept value vs mean unseen accuracy with error bars, one panel per swept key,
     each point annotated with its trainable-parameter count."""
-    from bilora.report.tables import _value_text, numeric
+    from bilora.report.tables import numeric, value_text
 
     fig, axes = plt.subplots(1, len(sweeps), figsize=(3.4 * len(sweeps), 3.0), squeeze=False)
     for ax, s in zip(axes[0], sweeps, strict=True):
@@ -138,9 +138,10 @@ def ablation(sweeps: list[dict[str, Any]], labels: dict[str, str], title: str,
             ax.annotate(_count(par["trainable"] if par else None), (x, e.value),
                         textcoords="offset points", xytext=(4, 4), fontsize=6)
         if numeric(values):
-            ax.set_xticks(xs, [_value_text(v) for v in values])
+            ax.set_xticks(xs, [value_text(v) for v in values])
         else:
-            ax.set_xticks(xs, [_value_text(v) for v in values], rotation=30, ha="right")
+            ax.set_xticks(xs, [value_text(v) for v in values], rotation=30, ha="right")
+            ax.set_xlim(-0.5, len(xs) - 0.5)
         if not base["known"] and base["est"].ok:
             ax.axhline(base["est"].value, ls="--", lw=0.8, color="grey",
                        label=f"base ({_count((base['parameters'] or {}).get('trainable'))})")

@@ -47,7 +47,8 @@ def _gap_notices(results: Results, labels: dict[str, str]) -> list[Notice]:
             msg = f"detector {det} ({labels.get(det, det)}) has no rows in the metrics: not run"
         else:
             k = sorted(keys)[0]
-            msg = (f"detector {det}: {len(keys)} expected group(s) missing from the metrics, "
+            msg = (f"detector {det}: at least {len(keys)} expected group(s) missing from the "
+                   "metrics, "
                    f"e.g. train {k[1]}, seed {k[2]}, test {k[3]}, {k[4]} {k[5]}; means over "
                    "them are n/a")
         out.append(Notice("report", msg, [f"*_matrix_{det}", "detectors", "robustness_*",

@@ -56,6 +56,7 @@ def _means_caption(ctx: Context) -> str:
 def matrix(ctx: Context, detector: str, metric: str) -> Table:
     """Train x test matrix of one detector and metric on clean images, with labelled means."""
     res, label = ctx.results, ctx.labels[detector]
+    miss = "n/a" if detector in res.detectors() else "not run"
     means = mean_columns(ctx)
     columns = [Column("train \\ test", align="l")]
     columns += [Column(t, group="test generator", name=t) for t in ctx.test]
@@ -69,7 +70,7 @@ def matrix(ctx: Context, detector: str, metric: str) -> Table:
             data.append({"column": t, "kind": "test", "sets": t, "e": e})
         for m, sets_of in means.items():
             sets = sets_of(g)
-            e = res.mean(metric, detector, [g], sets)
+            e = res.mean(metric, detector, [g], sets, missing=miss)
             row.append(e)
             data.append({"column": m, "kind": "mean", "sets": ";".join(sets), "e": e})
         rows.append(row)
@@ -103,12 +104,13 @@ def detectors(ctx: Context) -> Table:
     rows, data = [], []
     for det, label in ctx.labels.items():
         row: list[Any] = [label]
+        miss = "n/a" if det in res.detectors() else "not run"
         for head, which, tests in acc:
-            e = res.estimate("accuracy", res.cells(det, ctx.train, tests, which))
+            e = res.estimate("accuracy", res.cells(det, ctx.train, tests, which), miss)
             row.append(e)
             data.append({"metric": "accuracy", "cells": head, "e": e})
         for m in others:
-            e = res.estimate(m, res.cells(det, ctx.train, ctx.test, "all"))
+            e = res.estimate(m, res.cells(det, ctx.train, ctx.test, "all"), miss)
             row.append(e)
             data.append({"metric": m, "cells": "all", "e": e})
         rows.append(row)
@@ -236,7 +238,7 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def _value_text(v: Any) -> str:
+def value_text(v: Any) -> str:
     if isinstance(v, list):
         return "+".join(map(str, v))
     return str(v).lower() if isinstance(v, bool) else str(v)
@@ -275,7 +277,7 @@ def ablation(ctx: Context, sweeps: list[dict[str, Any]]) -> Table:
     rows, data = [], []
     for s in sweeps:
         for p in s["points"]:
-            value = _value_text(p["value"]) if p["known"] else "(base)"
+            value = value_text(p["value"]) if p["known"] else "(base)"
             if p["is_base"]:
                 value += " (base)" if p["known"] else ""
             par = p["parameters"] or {}
@@ -283,7 +285,7 @@ def ablation(ctx: Context, sweeps: list[dict[str, Any]]) -> Table:
                          f"{par['trainable']:,}" if par else "n/a",
                          f"{par['total']:,}" if par else "n/a"])
             data.append({"base": s["base"], "key": s["key"],
-                         "value": _value_text(p["value"]) if p["known"] else None,
+                         "value": value_text(p["value"]) if p["known"] else None,
                          "is_base": p["is_base"], "detector": p["detector"],
                          "label": ctx.labels.get(p["detector"], p["detector"]),
                          **est_columns("accuracy_unseen_", p["est"]),
