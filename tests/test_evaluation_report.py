@@ -1,4 +1,4 @@
-"""Evaluation with the dummy detector, then metrics and the report from its scores."""
+"""Evaluation with the dummy detector, then metrics from its scores (the report: test_report.py)."""
 
 import pandas as pd
 import pytest
@@ -8,8 +8,6 @@ from bilora.data.dataset import load_rows
 from bilora.detectors import create_detector
 from bilora.evaluation import score_table
 from bilora.metrics import metrics_table
-from bilora.report.figures import heatmap, robustness_curves
-from bilora.report.tables import ALL, ALL_T, UNSEEN, UNSEEN_T, accuracy_matrix, render_tables
 
 DUMMY = {"kind": "dummy", "image_size": 48, "train": {"epochs": 1, "batch_size": 8, "lr": 1e-2},
          "eval": {"batch_size": 16}}
@@ -89,55 +87,6 @@ def test_an_image_changed_after_its_manifest_stops_scoring(tiny_data, tmp_path):
     os.unlink(victim)
     with pytest.raises(ImageChanged, match="no longer exists"):
         score_table(create_detector(DUMMY, seed=0), rows, CONDS[:1], 1, 16, progress=False)
-
-
-def _fake_metrics():
-    rows = []
-    for det in ("a", "b"):
-        for tr in ("G1", "G2"):
-            for te in ("G1", "G2", "G3"):
-                acc = 1.0 if tr == te else (0.8 if det == "a" else 0.6)
-                for pert, level, f in (("none", "-", 1.0), ("jpeg", "75", 0.9),
-                                       ("jpeg", "30", 0.7)):
-                    rows.append({"detector": det, "train": tr, "test": te, "perturbation": pert,
-                                 "level": level, "accuracy": acc * f, "f1": acc, "auc": acc,
-                                 "auc_hard": acc, "ap": acc, "pd@5%": acc, "pd@1%": acc})
-    return pd.DataFrame(rows)
-
-
-def test_matrix_means_are_labelled_and_unseen_excludes_the_diagonal():
-    m = _fake_metrics()
-    m.loc[(m.detector == "a") & (m.train == "G1") & (m.test == "G3"), "accuracy"] = 0.5
-    mat = accuracy_matrix(m, "a", ["G1", "G2"], ["G1", "G2", "G3"])
-    assert mat.loc["G1", UNSEEN] == pytest.approx((80 + 50) / 2)
-    assert mat.loc["G1", ALL] == pytest.approx((100 + 80 + 50) / 3)
-    # the paper's kind of mean: over the training generators' test sets only
-    assert mat.loc["G1", UNSEEN_T] == pytest.approx(80.0)
-    assert mat.loc["G1", ALL_T] == pytest.approx((100 + 80) / 2)
-    assert list(mat.columns) == ["G1", "G2", "G3", UNSEEN, ALL, UNSEEN_T, ALL_T]
-    same = accuracy_matrix(m, "a", ["G1", "G2"], ["G1", "G2"])
-    assert UNSEEN_T not in same.columns  # no second pair when the two coincide
-
-
-def test_tables_and_figures_are_written(tmp_path):
-    m = _fake_metrics()
-    labels = {"a": "Detector A", "b": "Detector B"}
-    paths = render_tables(m, tmp_path / "t", ["G1", "G2"], ["G1", "G2", "G3"], labels, "demo")
-    names = {p.name for p in paths}
-    assert {"accuracy_matrix_a.csv", "accuracy_matrix_b.tex", "detectors.md",
-            "robustness.tex"} <= names
-    det = pd.read_csv(tmp_path / "t" / "detectors.csv", index_col=0)
-    assert det.loc["Detector A", f"accuracy {UNSEEN}"] == pytest.approx(80.0)
-    assert det.loc["Detector B", f"accuracy {UNSEEN}"] == pytest.approx(60.0)
-    rob = pd.read_csv(tmp_path / "t" / "robustness.csv")
-    a30 = rob[(rob.detector == "Detector A") & (rob.level.astype(str) == "30")]
-    assert a30.accuracy.iloc[0] == pytest.approx(0.7 * (2 * 100 + 4 * 80) / 6)
-    tex = (tmp_path / "t" / "detectors.tex").read_text()
-    caption = tex[tex.index("\\caption{"):].split("\n", 1)[0]
-    assert "(\\%)" in caption and "(%)" not in caption  # % would comment out the brace
-    figs = heatmap(m, "a", ["G1", "G2"], ["G1", "G2", "G3"], "A", tmp_path / "f")
-    figs += robustness_curves(m, labels, tmp_path / "f")
-    assert all(p.stat().st_size > 1000 for p in figs) and len(figs) == 4
 
 
 def test_metrics_from_dummy_scores_end_to_end(tiny_data):

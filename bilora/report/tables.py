@@ -1,6 +1,7 @@
-"""The paper's tables from the long metrics table, in csv, Markdown and LaTeX.
+"""The result tables: matrices per detector, detectors side by side, robustness,
+unlabelled answers, ablation. Each builder returns a :class:`~bilora.report.layout.Table`.
 
-Means of a row are labelled by what they average:
+Means of a matrix row are labelled by what they average:
 
 - ``mean (unseen)``: every test generator except the training one;
 - ``mean (all)``: every test generator, the seen one included;
@@ -11,99 +12,294 @@ Means of a row are labelled by what they average:
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
-from pathlib import Path
+import math
+from typing import Any
 
+import numpy as np
 import pandas as pd
+
+from bilora.report.context import PERTURBATIONS, PROTOCOLS, Context
+from bilora.report.estimates import est_columns
+from bilora.report.layout import Column, Table
 
 UNSEEN, ALL = "mean (unseen)", "mean (all)"
 UNSEEN_T, ALL_T = "mean (unseen, train sets)", "mean (all, train sets)"
 MEANS = (UNSEEN, ALL, UNSEEN_T, ALL_T)
-_LATEX = str.maketrans({c: "\\" + c for c in "%&_#$"})
+METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "auc": "AUC", "auc_hard": "AUC (hard)",
+                "ap": "AP", "pd@5%": "PD@5%", "pd@1%": "PD@1%", "tpr": "TPR", "tnr": "TNR"}
+MEAN_DEFINITIONS = (
+    "mean (unseen): every test generator but the row's own; mean (all): every test "
+    "generator, the row's own included.")
+TRAIN_SET_DEFINITIONS = (
+    " mean (unseen, train sets), mean (all, train sets): the same over the training "
+    "generators' test sets only (the paper's headline 93.41 % is a 'mean (all, train sets)' "
+    "over its seven sets; over the six unseen it is 92.45 %).")
 
 
-def write_table(df: pd.DataFrame, out_dir: str | os.PathLike, name: str, caption: str,
-                index: bool = True) -> list[Path]:
-    """Write ``name``.csv, .md and .tex; the Markdown and LaTeX carry the caption."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.{ext}" for ext in ("csv", "md", "tex")]
-    df.to_csv(paths[0], index=index, float_format="%.4f")
-    shown = df.round(2)
-    paths[1].write_text(f"**{caption}**\n\n{shown.to_markdown(index=index)}\n")
-    paths[2].write_text(shown.to_latex(index=index, caption=caption.translate(_LATEX),
-                                       label=f"tab:{name}", float_format="%.2f", escape=True))
-    return paths
+def mean_columns(ctx: Context) -> dict[str, Any]:
+    """Mean label -> function(train generator) -> the test sets it averages."""
+    tests, tsets = ctx.test, ctx.train_sets
+    out: dict[str, Any] = {UNSEEN: lambda g: [t for t in tests if t != g],
+                           ALL: lambda g: list(tests)}
+    if tsets != tests:
+        out[UNSEEN_T] = lambda g: [t for t in tsets if t != g]
+        out[ALL_T] = lambda g: list(tsets)
+    return out
 
 
-def clean(metrics: pd.DataFrame) -> pd.DataFrame:
-    return metrics[metrics["perturbation"] == "none"]
+def _means_caption(ctx: Context) -> str:
+    return MEAN_DEFINITIONS + (TRAIN_SET_DEFINITIONS if ctx.train_sets != ctx.test else "")
 
 
-def accuracy_matrix(metrics: pd.DataFrame, detector: str, train: Sequence[str],
-                    test: Sequence[str], metric: str = "accuracy") -> pd.DataFrame:
-    """Train x test matrix (in %) of one detector on clean images, with both means."""
-    m = clean(metrics)
-    m = m[m["detector"] == detector]
-    mat = m.pivot_table(index="train", columns="test", values=metric, aggfunc="first")
-    mat = mat.reindex(index=[g for g in train if g in mat.index],
-                      columns=[g for g in test if g in mat.columns]) * 100
-    tests = list(mat.columns)
-    train_sets = [c for c in tests if c in train]
-    mat[UNSEEN] = [mat.loc[g, [c for c in tests if c != g]].mean() for g in mat.index]
-    mat[ALL] = mat[tests].mean(axis=1)
-    if train_sets != tests:
-        mat[UNSEEN_T] = [mat.loc[g, [c for c in train_sets if c != g]].mean() for g in mat.index]
-        mat[ALL_T] = mat[train_sets].mean(axis=1)
-    mat.index.name = "train \\ test"
-    return mat
+# -- 1. train x test matrices ---------------------------------------------------------
 
-
-def detector_summary(metrics: pd.DataFrame, labels: dict[str, str],
-                     train: Sequence[str] = ()) -> pd.DataFrame:
-    """Detectors side by side: clean-image metrics (in %) averaged over the matrix cells."""
-    m = clean(metrics).copy()
-    m["seen"] = m["train"] == m["test"]
-    m["train_set"] = m["test"].isin(list(train))
-    rows = []
-    for det, g in m.groupby("detector", sort=False):
-        row = {"detector": labels.get(det, det),
-               f"accuracy {UNSEEN}": g.loc[~g["seen"], "accuracy"].mean() * 100,
-               f"accuracy {ALL}": g["accuracy"].mean() * 100,
-               "accuracy (seen)": g.loc[g["seen"], "accuracy"].mean() * 100}
-        if train and not g["train_set"].all():
-            t = g[g["train_set"]]
-            row[f"accuracy {UNSEEN_T}"] = t.loc[~t["seen"], "accuracy"].mean() * 100
-            row[f"accuracy {ALL_T}"] = t["accuracy"].mean() * 100
-        for k in ("f1", "auc", "auc_hard", "ap", "pd@5%", "pd@1%"):
-            row[f"{k} {ALL}"] = g[k].mean() * 100
+def matrix(ctx: Context, detector: str, metric: str) -> Table:
+    """Train x test matrix of one detector and metric on clean images, with labelled means."""
+    res, label = ctx.results, ctx.labels[detector]
+    miss = "n/a" if detector in res.detectors() else "not run"
+    means = mean_columns(ctx)
+    columns = [Column("train \\ test", align="l")]
+    columns += [Column(t, group="test generator", name=t) for t in ctx.test]
+    columns += [Column(m[len("mean ("):-1], group="mean", name=m) for m in means]
+    rows, data = [], []
+    for g in ctx.train:
+        row: list[Any] = [g]
+        for t in ctx.test:
+            e = res.mean(metric, detector, [g], [t], missing="not run")
+            row.append(e)
+            data.append({"column": t, "kind": "test", "sets": t, "e": e})
+        for m, sets_of in means.items():
+            sets = sets_of(g)
+            e = res.mean(metric, detector, [g], sets, missing=miss)
+            row.append(e)
+            data.append({"column": m, "kind": "mean", "sets": ";".join(sets), "e": e})
         rows.append(row)
-    return pd.DataFrame(rows).set_index("detector")
+        for d in data[-(len(ctx.test) + len(means)):]:
+            d["train"] = g
+    frame = pd.DataFrame([{"detector": detector, "label": label, "metric": metric,
+                           "train": d["train"], "column": d["column"], "kind": d["kind"],
+                           "sets": d["sets"], **est_columns("", d["e"])} for d in data])
+    name = f"{metric}_matrix_{detector}"
+    title = (f"{label}: {METRIC_NAMES[metric]} (%) by training generator (rows) and test "
+             "generator (columns), clean images.")
+    return Table(name, title, [_means_caption(ctx), *ctx.caption(name)], columns, rows, frame,
+                 notes=[ctx.real_set_note(ctx.test)])
 
 
-def robustness(metrics: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
-    """Mean accuracy and AUC (in %) over all cells, per detector x perturbation x level."""
-    g = metrics.groupby(["detector", "perturbation", "level"], sort=False)
-    out = g[["accuracy", "auc"]].mean().mul(100).reset_index()
-    out["detector"] = out["detector"].map(lambda d: labels.get(d, d))
-    return out.set_index(["detector", "perturbation", "level"])
+# -- 2. detectors side by side --------------------------------------------------------
+
+def detectors(ctx: Context) -> Table:
+    """Detectors side by side on clean images: accuracy means and means over all cells."""
+    res = ctx.results
+    acc = [("unseen", "unseen", ctx.test), ("all", "all", ctx.test), ("seen", "seen", ctx.test)]
+    if ctx.train_sets != ctx.test:
+        acc += [("unseen, train sets", "unseen", ctx.train_sets),
+                ("all, train sets", "all", ctx.train_sets)]
+    others = ["f1", "auc", "auc_hard", "ap", "pd@5%", "pd@1%", "tpr", "tnr"]
+    columns = [Column("detector", align="l")]
+    columns += [Column(h, group="accuracy, mean over cells", name=f"accuracy mean ({h})")
+                for h, _, _ in acc]
+    columns += [Column(METRIC_NAMES[m], group="mean over all cells",
+                       name=f"{METRIC_NAMES[m]} mean (all)") for m in others]
+    rows, data = [], []
+    for det, label in ctx.labels.items():
+        row: list[Any] = [label]
+        miss = "n/a" if det in res.detectors() else "not run"
+        for head, which, tests in acc:
+            e = res.estimate("accuracy", res.cells(det, ctx.train, tests, which), miss)
+            row.append(e)
+            data.append({"metric": "accuracy", "cells": head, "e": e})
+        for m in others:
+            e = res.estimate(m, res.cells(det, ctx.train, ctx.test, "all"), miss)
+            row.append(e)
+            data.append({"metric": m, "cells": "all", "e": e})
+        rows.append(row)
+        for d in data[-(len(acc) + len(others)):]:
+            d["detector"], d["label"] = det, label
+    frame = pd.DataFrame([{"detector": d["detector"], "label": d["label"], "metric": d["metric"],
+                           "cells": d["cells"], **est_columns("", d["e"])} for d in data])
+    seen_def = "seen: the cells whose test generator is the training one"
+    caption = [
+        f"Means over the train x test cells of each detector (rows {', '.join(ctx.train)}; "
+        f"columns {', '.join(ctx.test)}): unseen excludes, all includes the training "
+        f"generator's own test set; {seen_def}; 'train sets' restricts the columns to the "
+        "training generators' test sets. AUC: from scores; AUC (hard): from the 0/1 "
+        "predictions, the paper's AUC (= balanced accuracy). AP, PD@5%, PD@1% (probability "
+        "of detection at 5 % / 1 % false positives, largest TPR with FPR within the target) "
+        "have no interval.", *ctx.caption("detectors")]
+    return Table("detectors", "Detectors side by side, clean images (%).", caption, columns,
+                 rows, frame)
 
 
-def render_tables(metrics: pd.DataFrame, out_dir: str | os.PathLike, train: Sequence[str],
-                  test: Sequence[str], labels: dict[str, str], note: str = "") -> list[Path]:
-    """Every table of the report; returns the files written."""
-    suffix = f" {note}" if note else ""
-    paths = []
-    for det in metrics["detector"].unique():
-        mat = accuracy_matrix(metrics, det, train, test)
-        paths += write_table(mat, out_dir, f"accuracy_matrix_{det}",
-                             f"{labels.get(det, det)}: accuracy (%) by training (rows) and "
-                             f"test (columns) generator, clean images.{suffix}")
-    paths += write_table(detector_summary(metrics, labels, train), out_dir, "detectors",
-                         f"Detectors side by side, clean images, means over train x test "
-                         f"cells (%).{suffix}")
-    paths += write_table(robustness(metrics, labels), out_dir, "robustness",
-                         f"Robustness: mean accuracy and AUC (%) over every train x test "
-                         f"cell, per perturbation and level.{suffix}")
-    return paths
+# -- 3. robustness ----------------------------------------------------------------------
+
+def _level(level: str) -> str:
+    try:
+        x = float(level)
+    except ValueError:
+        return level
+    return f"{x:g}"
+
+
+def robustness_columns(ctx: Context) -> list[tuple[str, str]]:
+    """(perturbation, level) of the run in report order: clean first, then by kind."""
+    conds = ctx.results.conditions
+    kinds = list(PERTURBATIONS) + sorted({p for p, _ in conds} - set(PERTURBATIONS))
+    return [c for k in kinds for c in conds if c[0] == k]
+
+
+def robustness(ctx: Context, metric: str) -> Table:
+    """Wide robustness table: rows detectors, columns perturbation x level."""
+    res = ctx.results
+    conds = robustness_columns(ctx)
+    columns = [Column("detector", align="l")]
+    for pert, level in conds:
+        head, _ = PERTURBATIONS.get(pert, (pert, ""))
+        if pert == "none":
+            columns.append(Column("clean"))
+        else:
+            columns.append(Column(_level(level), group=head))
+    rows, data = [], []
+    for det, label in ctx.labels.items():
+        row: list[Any] = [label]
+        for cond in conds:
+            e = res.mean(metric, det, ctx.train, ctx.test, cond, missing="not run")
+            row.append(e)
+            data.append({"detector": det, "label": label, "metric": metric,
+                         "perturbation": cond[0], "level": cond[1], **est_columns("", e)})
+        rows.append(row)
+    levels = "; ".join(f"{PERTURBATIONS[k][0]}: {PERTURBATIONS[k][1]}"
+                       for k in dict.fromkeys(p for p, _ in conds) if k in PERTURBATIONS
+                       and k != "none")
+    name = f"robustness_{metric}"
+    caption = [
+        f"Mean over every training generator x test generator cell ({len(ctx.train)} x "
+        f"{len(ctx.test)}), seen cells included, test images degraded before the detector's "
+        f"own resizing. Levels: {levels or 'no perturbation in this run'}; random: a level "
+        "drawn per image.",
+        PROTOCOLS.get(ctx.spec["protocol"], f"Protocol {ctx.spec['protocol']}."),
+        *ctx.caption(name)]
+    return Table(name, f"Robustness: {METRIC_NAMES[metric]} (%) per perturbation and level.",
+                 caption, columns, rows, pd.DataFrame(data))
+
+
+def robustness_by_train(ctx: Context) -> Table:
+    """Long form: detector x training generator x perturbation x level (means over tests)."""
+    res, data = ctx.results, []
+    for det, label in ctx.labels.items():
+        for g in ctx.train:
+            for cond in robustness_columns(ctx):
+                row = {"detector": det, "label": label, "train": g, "perturbation": cond[0],
+                       "level": cond[1]}
+                for m in ("accuracy", "auc"):
+                    row.update(est_columns(f"{m}_", res.mean(m, det, [g], ctx.test, cond)))
+                data.append(row)
+    return Table("robustness_by_train", "", [], [], [], pd.DataFrame(data), formats=("csv",))
+
+
+# -- 6. unlabelled answers ------------------------------------------------------------
+
+def unlabelled(ctx: Context) -> Table:
+    """Images without a label from the detector, per cell, clean images (zeros kept)."""
+    t = ctx.results.table
+    clean = t[(t["perturbation"] == ctx.results.clean[0]) & (t["level"] == ctx.results.clean[1])
+              & t["test"].isin(ctx.test)]
+    rows, data = [], []
+    for det, label in ctx.labels.items():
+        for g in ctx.train:
+            for seed in ctx.spec["seeds"]:
+                c = clean[(clean["detector"] == det) & (clean["train"] == g)
+                          & (clean["seed"] == int(seed))]
+                if len(c):
+                    count, n = int(c["unlabelled"].sum()), int(c["n"].sum())
+                    share = 100 * count / n if n else math.nan
+                    rows.append([label, g, str(seed), f"{count:,}", f"{n:,}", f"{share:.2f}"])
+                else:
+                    count, n, share = None, None, math.nan
+                    rows.append([label, g, str(seed), "not run", "", ""])
+                data.append({"detector": det, "label": label, "train": g, "seed": seed,
+                             "unlabelled": count, "images": n, "share_pct": share})
+    frame = pd.DataFrame(data).astype({"unlabelled": "Int64", "images": "Int64"})
+    columns = [Column("detector", align="l"), Column("train", align="l"),
+               Column("seed", align="l"), Column("unlabelled", align="r"),
+               Column("images", align="r"), Column("share (%)", align="r")]
+    caption = ["Images whose answer was neither caption word (readout 'generate'; NaN "
+               "score), which count as wrong, per trained model on clean images of every "
+               "test set. Images are counted per test set: a real image shared by k test "
+               "sets counts k times. Detectors that always answer (scores from logits) show "
+               "0.", *ctx.common("unlabelled")]
+    return Table("unlabelled", "Unlabelled answers per trained model, clean images.", caption,
+                 columns, rows, frame, formats=("csv", "md"))
+
+
+# -- 5. ablation ----------------------------------------------------------------------
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def value_text(v: Any) -> str:
+    if isinstance(v, list):
+        return "+".join(map(str, v))
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def ablation_sweeps(ctx: Context) -> list[dict[str, Any]]:
+    """One sweep per (base detector, key): its points (value, detector id, estimate)."""
+    res, sweeps = ctx.results, {}
+    for vid, info in ctx.spec["variants"].items():
+        base, key = info["base"], info["key"]
+        sweeps.setdefault((base, key), {"base": base, "key": key, "points": []})
+        sweeps[(base, key)]["points"].append({"value": info["value"], "detector": vid})
+        if "base_value" in info:
+            sweeps[(base, key)]["base_value"] = info["base_value"]
+    out = []
+    for (base, _key), s in sweeps.items():
+        known = "base_value" in s
+        pts = [{"value": s.get("base_value"), "detector": base, "is_base": True,
+                "known": known}] + [{**p, "is_base": False, "known": True} for p in s["points"]]
+        if all(p["known"] and _is_number(p["value"]) for p in pts):
+            pts.sort(key=lambda p: p["value"])
+        for p in pts:
+            p["est"] = res.estimate("accuracy", res.cells(p["detector"], ctx.train, ctx.test,
+                                                           "unseen"), missing="not run")
+            p["parameters"] = ctx.parameters.get(p["detector"])
+        s["points"] = pts
+        out.append(s)
+    return out
+
+
+def ablation(ctx: Context, sweeps: list[dict[str, Any]]) -> Table:
+    """One row per swept value (the base detector's own included)."""
+    columns = [Column("detector", align="l"), Column("key", align="l"),
+               Column("value", align="l"), Column("mean (unseen) accuracy"),
+               Column("trainable", align="r"), Column("total", align="r")]
+    rows, data = [], []
+    for s in sweeps:
+        for p in s["points"]:
+            value = value_text(p["value"]) if p["known"] else "(base)"
+            if p["is_base"]:
+                value += " (base)" if p["known"] else ""
+            par = p["parameters"] or {}
+            rows.append([ctx.labels.get(s["base"], s["base"]), s["key"], value, p["est"],
+                         f"{par['trainable']:,}" if par else "n/a",
+                         f"{par['total']:,}" if par else "n/a"])
+            data.append({"base": s["base"], "key": s["key"],
+                         "value": value_text(p["value"]) if p["known"] else None,
+                         "is_base": p["is_base"], "detector": p["detector"],
+                         "label": ctx.labels.get(p["detector"], p["detector"]),
+                         **est_columns("accuracy_unseen_", p["est"]),
+                         "trainable": par.get("trainable"), "total": par.get("total")})
+    frame = pd.DataFrame(data).astype({"trainable": "Int64", "total": "Int64"})
+    unknown = any(not p["known"] for s in sweeps for p in s["points"])
+    caption = ["Ablation: one setting changed at a time; mean (unseen) accuracy over every "
+               "train x test cell whose test generator is not the training one, clean images. "
+               "Parameter counts from the score files' metadata."
+               + (" (base): the base detector, whose own value the report was not given."
+                  if unknown else ""), *ctx.caption("ablation")]
+    return Table("ablation", "Ablation: mean (unseen) accuracy (%) and trainable parameters.",
+                 caption, columns, rows, frame)
+
+
+def numeric(values: list[Any]) -> bool:
+    return all(_is_number(v) and not (isinstance(v, float) and np.isnan(v)) for v in values)
