@@ -339,6 +339,13 @@ class ReportSpec(TypedDict):
     labels: dict[str, str]
     note: str
     threshold: float
+    confidence: float
+    seeds: list[int]
+    variants: dict[str, dict[str, Any]]
+    real_sets: dict[str, str]
+    published: dict[str, Any] | None
+    format_control: dict[str, int] | None
+    protocol: str
 
 
 def train_spec(cfg: dict[str, Any], detector: str, generator: str, seed: int) -> TrainSpec:
@@ -377,7 +384,36 @@ def metrics_spec(cfg: dict[str, Any]) -> MetricsSpec:
             "confidence": cfg["metrics"]["confidence"]}
 
 
+def real_set(cfg: dict[str, Any], generator: str) -> str:
+    """A short description of the real images a test generator's set is scored against."""
+    ds = cfg["data"]["datasets"][dataset_of(cfg, generator)]
+    if ds["source"] == "procedural":
+        return "shared procedural test reals"
+    if ds["source"] == "zenodo" or ds["layout"] == "ricker":
+        return "shared LSUN Bedroom test reals (Ricker et al.)"
+    if ds["layout"] == "genimage":
+        return "own GenImage nature (ImageNet) reals"
+    return "own reals of its folder"
+
+
+def published_file(path: str) -> str:
+    """A published-figures file: as given if it exists, else relative to the repository."""
+    return path if Path(path).exists() else str(PACKAGE_DIR.parent / path)
+
+
 def report_spec(cfg: dict[str, Any]) -> ReportSpec:
+    out_variants = {}
+    for vid, info in variants(cfg).items():
+        out_variants[vid] = {**info, "base_value": _get(cfg["detectors"][info["base"]],
+                                                        info["key"], "ablations")}
+    published = cfg["report"]["published"]
+    if published is not None:
+        published = {**published, "file": published_file(published["file"])}
     return {"run": cfg["run"], "train": cfg["generators"]["train"],
             "test": cfg["generators"]["test"], "labels": labels(cfg),
-            "note": cfg["report"]["note"], "threshold": cfg["evaluation"]["threshold"]}
+            "note": cfg["report"]["note"], "threshold": cfg["evaluation"]["threshold"],
+            "confidence": cfg["metrics"]["confidence"], "seeds": seeds(cfg),
+            "variants": out_variants,
+            "real_sets": {g: real_set(cfg, g) for g in cfg["generators"]["test"]},
+            "published": published, "format_control": cfg["data"]["format_control"],
+            "protocol": cfg["evaluation"]["protocol"]}

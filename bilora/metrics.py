@@ -71,6 +71,7 @@ import pandas as pd
 from scipy import stats
 
 from bilora.atomic import atomic_path, derive_seed
+from bilora.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -300,11 +301,11 @@ def read_scores(path: str | os.PathLike) -> tuple[dict[str, str], pd.DataFrame]:
             if not k.startswith((b"pandas", b"ARROW"))}
     for key in ("detector", "train"):
         if key not in meta:
-            raise SystemExit(f"bilora: {path} lacks '{key}' in its metadata: not a score file")
+            raise DataError(f"{path} lacks '{key}' in its metadata: not a score file")
     meta.setdefault("seed", "0")
     missing = [c for c in SCORE_COLUMNS if c not in schema.names]
     if missing:
-        raise SystemExit(f"bilora: {path} lacks column(s) {', '.join(missing)}")
+        raise DataError(f"{path} lacks column(s) {', '.join(missing)}")
     strings = [c for c in ("sha1", "generator", "perturbation", "level")
                if pa.types.is_string(schema.field(c).type)
                or pa.types.is_large_string(schema.field(c).type)]
@@ -316,11 +317,11 @@ def read_scores(path: str | os.PathLike) -> tuple[dict[str, str], pd.DataFrame]:
                                      pc.dictionary_encode(col.cast("string")))
     df = table.to_pandas()
     if df[["generator", "perturbation", "level", "label"]].isna().any().any():
-        raise SystemExit(f"bilora: {path} has empty generator/perturbation/level/label cells")
+        raise DataError(f"{path} has empty generator/perturbation/level/label cells")
     if not df["label"].isin([0, 1]).all():
-        raise SystemExit(f"bilora: {path}: column 'label' holds values other than 0 and 1")
+        raise DataError(f"{path}: column 'label' holds values other than 0 and 1")
     if (df["sha1"].cat.codes.to_numpy()[df["label"].to_numpy() == 0] < 0).any():
-        raise SystemExit(f"bilora: {path} has real rows with an empty 'sha1' cell")
+        raise DataError(f"{path} has real rows with an empty 'sha1' cell")
     return meta, df
 
 
@@ -337,7 +338,7 @@ def file_metrics(path: str | os.PathLike, threshold: float = 0.5
     try:
         seed = int(meta["seed"])
     except ValueError:
-        raise SystemExit(f"bilora: {path}: metadata 'seed' is not an integer: "
+        raise DataError(f"{path}: metadata 'seed' is not an integer: "
                          f"{meta['seed']!r}") from None
     cats = [df[c].cat for c in ("generator", "perturbation", "level")]
     code = np.zeros(len(df), np.int64)
@@ -545,7 +546,7 @@ def run_metrics(score_paths: Sequence[str | os.PathLike], out_parquet: str | os.
         meta, t, v01, length = file_metrics(path, threshold)
         cell = (meta["detector"], meta["train"], int(meta["seed"]))
         if cell in cells:
-            raise SystemExit(f"bilora: {path} and {cells[cell]} both hold detector "
+            raise DataError(f"{path} and {cells[cell]} both hold detector "
                              f"{cell[0]!r}, train {cell[1]!r}, seed {cell[2]}: one file a cell")
         cells[cell] = path
         labels[meta["detector"]] = meta.get("detector_label", meta["detector"])

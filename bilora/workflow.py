@@ -88,18 +88,29 @@ def scores(cfg: dict[str, Any]) -> list[str]:
     return [f"{c.path(cfg)}/scores.parquet" for c in C.cells(cfg)]
 
 
-TABLES = ("detectors", "robustness")
-FIGURES = ("robustness",)
-
-
 def tables(cfg: dict[str, Any]) -> list[str]:
-    names = [f"accuracy_matrix_{d}" for d in detector_ids(cfg)] + list(TABLES)
-    return [f"{results(cfg)}/tables/{n}.{ext}" for n in names for ext in ("csv", "md", "tex")]
+    """Every table file the report writes (bilora.report.report_outputs)."""
+    from bilora.report import report_outputs
+
+    return [f"{results(cfg)}/tables/{n}" for n in report_outputs(C.report_spec(cfg))[0]]
 
 
 def figures(cfg: dict[str, Any]) -> list[str]:
-    names = [f"heatmap_{d}" for d in detector_ids(cfg)] + list(FIGURES)
-    return [f"{results(cfg)}/figures/{n}.{ext}" for n in names for ext in ("png", "pdf")]
+    """Every figure file the report writes."""
+    from bilora.report import report_outputs
+
+    return [f"{results(cfg)}/figures/{n}" for n in report_outputs(C.report_spec(cfg))[1]]
+
+
+def all_manifests(cfg: dict[str, Any]) -> list[str]:
+    """The manifest of every dataset of the run."""
+    return [manifest(cfg, d) for d in cfg["data"]["datasets"]]
+
+
+def published_inputs(cfg: dict[str, Any]) -> list[str]:
+    """The published-figures file, when the report uses one (a change reruns the report)."""
+    spec = C.report_spec(cfg)
+    return [spec["published"]["file"]] if spec["published"] else []
 
 
 def gpu(cfg: dict[str, Any]) -> int:

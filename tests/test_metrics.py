@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score, roc_curve
 
+from bilora.errors import UserError
 from bilora.metrics import (
     COUNT_METRICS,
     KEYS,
@@ -463,7 +464,7 @@ def test_run_metrics_rejects_two_files_of_one_cell(tmp_path):
     rng = np.random.default_rng(9)
     for name in ("a", "b"):
         _score_file(tmp_path / f"{name}.parquet", "det", "A", ["A"], rng)
-    with pytest.raises(SystemExit, match="a.parquet.*one file a cell"):
+    with pytest.raises(UserError, match="a.parquet.*one file a cell"):
         run_metrics([tmp_path / "b.parquet", tmp_path / "a.parquet"],
                     tmp_path / "metrics.parquet", resamples=10)
 
@@ -473,13 +474,13 @@ def test_score_files_need_the_sha1_of_every_real(tmp_path):
     df = _shared_reals_file(tmp_path / "a.parquet", ["A"], rng)
     pq.write_table(pa.Table.from_pandas(df.drop(columns="sha1")).replace_schema_metadata(
         {"detector": "det", "train": "A"}), tmp_path / "b.parquet")
-    with pytest.raises(SystemExit, match="b.parquet lacks column.*sha1"):
+    with pytest.raises(UserError, match="b.parquet lacks column.*sha1"):
         run_metrics([tmp_path / "b.parquet"], tmp_path / "m.parquet", resamples=10)
     df.loc[df.label == 0, "sha1"] = df.loc[df.label == 0, "sha1"].where(
         np.arange((df.label == 0).sum()) > 0)
     pq.write_table(pa.Table.from_pandas(df).replace_schema_metadata(
         {"detector": "det", "train": "A"}), tmp_path / "c.parquet")
-    with pytest.raises(SystemExit, match="c.parquet has real rows with an empty 'sha1'"):
+    with pytest.raises(UserError, match="c.parquet has real rows with an empty 'sha1'"):
         run_metrics([tmp_path / "c.parquet"], tmp_path / "m.parquet", resamples=10)
 
 

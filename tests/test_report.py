@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bilora.metrics import mean_interval, run_metrics
+from bilora.errors import UserError
+from bilora.metrics import load_draws, mean_interval, run_metrics
 from bilora.report import render_report, report_outputs
 from bilora.report.context import Context
 from bilora.report.estimates import Results
@@ -204,7 +205,7 @@ def test_ablation_figure_with_listed_values_and_an_unknown_base(tmp_path):
 def test_matrix_cell_and_mean_with_interval_and_seed_sd(run):
     t = pd.read_csv(run["dir"] / "tables" / "accuracy_matrix_bilora.csv")
     metrics = pd.read_parquet(run["dir"] / "metrics.parquet")
-    draws = np.load(run["dir"] / "bootstrap.npz")
+    draws = load_draws(run["dir"] / "bootstrap.npz")
     cell = t[(t.train == "G1") & (t.column == "G3")].iloc[0]
     # seed 0: 32 + 36 of 80 right, seed 1: 31 + 36
     assert cell["value"] == pytest.approx(100 * (68 + 67) / 2 / 80, abs=1e-3)
@@ -212,12 +213,12 @@ def test_matrix_cell_and_mean_with_interval_and_seed_sd(run):
     assert cell["seeds"] == 2
     rows = _positions(metrics, "bilora", "G1", ["G3"])
     assert [cell["lo"], cell["hi"]] == pytest.approx(
-        [100 * x for x in mean_interval(draws["tp"], draws["tn"], rows, metrics,
+        [100 * x for x in mean_interval(draws, rows, metrics,
                                         "accuracy", 0.95)[1:]], abs=1e-3)
     mean = t[(t.train == "G1") & (t.column == "mean (unseen)")].iloc[0]
     assert mean["sets"] == "G2;G3"
     rows = _positions(metrics, "bilora", "G1", ["G2", "G3"])
-    point, lo, hi = mean_interval(draws["tp"], draws["tn"], rows, metrics, "accuracy", 0.95)
+    point, lo, hi = mean_interval(draws, rows, metrics, "accuracy", 0.95)
     assert [mean["value"], mean["lo"], mean["hi"]] == pytest.approx(
         [100 * point, 100 * lo, 100 * hi], abs=1e-3)
     assert lo < point < hi and hi - lo > 0.01
@@ -445,9 +446,9 @@ def test_published_figures_agree_with_each_other():
 def test_paper_vs_reproduced_flags_inside_outside_and_not_run(run, tmp_path):
     d = run["dir"]
     metrics = pd.read_parquet(d / "metrics.parquet")
-    draws = np.load(d / "bootstrap.npz")
+    draws = load_draws(d / "bootstrap.npz")
     rows = _positions(metrics, "bilora", "G1", ["G2"])
-    point, lo, hi = (100 * x for x in mean_interval(draws["tp"], draws["tn"], rows, metrics,
+    point, lo, hi = (100 * x for x in mean_interval(draws, rows, metrics,
                                                      "accuracy", 0.95))
     entry = {"detector": "bilora", "train": "LDM", "metric": "accuracy", "source": "paper",
              "definition": "x"}
@@ -513,9 +514,9 @@ def test_spec_errors_name_the_key(run, tmp_path):
     d = run["dir"]
     spec = make_spec()
     del spec["protocol"]
-    with pytest.raises(SystemExit, match="lacks protocol"):
+    with pytest.raises(UserError, match="lacks protocol"):
         render_report(d / "metrics.parquet", d / "bootstrap.npz", spec, tmp_path, tmp_path)
     bad = copy.deepcopy(make_spec())
     bad["variants"]["bilora@x=1"] = {"base": "bilora", "key": "x", "value": 1}
-    with pytest.raises(SystemExit, match="bilora@x=1"):
+    with pytest.raises(UserError, match="bilora@x=1"):
         render_report(d / "metrics.parquet", d / "bootstrap.npz", bad, tmp_path, tmp_path)

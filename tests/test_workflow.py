@@ -61,8 +61,9 @@ def test_all_tables_and_figures_are_written(run):
         for g in GENS:
             assert (res / det / f"train={g}" / "seed=42" / "model" / "detector.json").exists()
             assert not (res / det / f"train={g}" / "seed=42" / "checkpoint").exists()
-    for name in ("detectors", "robustness"):
-        assert (res / "tables" / f"{name}.md").read_text().startswith("**")
+    for name in ("detectors", "robustness_accuracy", "paper_vs_reproduced", "data_card"):
+        assert (res / "tables" / f"{name}.md").exists()
+    assert "not comparable" in (res / "tables" / "paper_vs_reproduced.md").read_text().lower()
     assert (res / "figures" / "robustness.png").stat().st_size > 10_000
 
 
@@ -75,9 +76,9 @@ def test_every_detector_learns_its_training_generator(run):
     assert len(seen) == 3 * len(GENS)
     assert (seen.accuracy >= 0.9).all(), seen[["detector", "train", "accuracy"]]
     assert (seen.auc >= 0.95).all(), seen[["detector", "train", "auc"]]  # measured >= 0.99
-    table = pd.read_csv(run / "results" / "e2e" / "tables" / "accuracy_matrix_bilora.csv",
-                        index_col=0)
-    assert (table.loc[GENS, GENS].values.diagonal() >= 90).all()
+    t = pd.read_csv(run / "results" / "e2e" / "tables" / "accuracy_matrix_bilora.csv")
+    diag = t[(t.kind == "test") & (t.train == t.column)]
+    assert len(diag) == len(GENS) and (diag.value >= 90).all()
 
 
 def test_scores_carry_provenance(run):

@@ -143,20 +143,13 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from bilora.report.figures import heatmap, robustness_curves
-    from bilora.report.tables import render_tables
+    from bilora.report import render_report
 
     spec = _spec(args.spec)
-    metrics = pd.read_parquet(args.metrics)
-    labels = spec["labels"]
-    note = spec["note"]
-    render_tables(metrics, args.tables, spec["train"], spec["test"], labels, note)
-    for det in metrics["detector"].unique():
-        heatmap(metrics, det, spec["train"], spec["test"],
-                f"{labels.get(det, det)}\n{note}", args.figures)
-    robustness_curves(metrics, labels, args.figures, note)
+    paths = render_report(args.metrics, args.bootstrap, spec, args.tables, args.figures,
+                          manifests=args.manifests, scores=args.scores,
+                          warnings_path=args.warnings)
+    log.info("%d report files written", len(paths))
     return 0
 
 
@@ -201,5 +194,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True)
     s = step("report", cmd_report, "tables and figures from the metrics")
     s.add_argument("--metrics", required=True)
+    s.add_argument("--bootstrap", required=True, help="bootstrap draws of the metrics step")
     s.add_argument("--tables", required=True)
     s.add_argument("--figures", required=True)
+    s.add_argument("--manifests", nargs="*", default=[], help="manifests (for the data card)")
+    s.add_argument("--scores", nargs="*", default=[], help="score files (metadata only)")
+    s.add_argument("--warnings", default=None, help="JSON list of {source, message, affects}")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bilora.errors import DataError
 from bilora.report.estimates import Results
 
 PROTOCOLS = {
@@ -49,13 +50,13 @@ def read_warnings(path: str | os.PathLike | None) -> list[Notice]:
     try:
         items = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"bilora: {path}: cannot read the warnings list: {exc}") from None
+        raise DataError(f"{path}: cannot read the warnings list: {exc}") from None
     if not isinstance(items, list):
-        raise SystemExit(f"bilora: {path}: the warnings must be a JSON list")
+        raise DataError(f"{path}: the warnings must be a JSON list")
     out = []
     for i, w in enumerate(items):
         if not isinstance(w, dict) or "message" not in w:
-            raise SystemExit(f"bilora: {path}: warning {i} lacks 'message'")
+            raise DataError(f"{path}: warning {i} lacks 'message'")
         affects = w.get("affects") or []
         out.append(Notice(str(w.get("source", "")), str(w["message"]),
                            [affects] if isinstance(affects, str) else list(affects)))
@@ -77,7 +78,7 @@ def read_parameters(score_paths: Sequence[str | os.PathLike]
             counts = json.loads(raw)
             pair = (int(counts["total"]), int(counts["trainable"]))
         except (ValueError, KeyError, TypeError):
-            raise SystemExit(f"bilora: {p}: metadata 'parameters' is not "
+            raise DataError(f"{p}: metadata 'parameters' is not "
                              "JSON {{total, trainable}}") from None
         seen.setdefault(det.decode(), set()).add(pair)
     out, warns = {}, []

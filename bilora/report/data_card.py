@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bilora.errors import DataError
 from bilora.report.context import Context
 from bilora.report.layout import Column, Table
 
@@ -45,7 +46,7 @@ def read_manifests(paths: Sequence[str | os.PathLike]
         names = pq.read_schema(p).names
         missing = [c for c in BASE if c != "path" and c not in names]
         if missing:
-            raise SystemExit(f"bilora: {p}: not a manifest, lacks {', '.join(missing)}")
+            raise DataError(f"{p}: not a manifest, lacks {', '.join(missing)}")
         cols = [c for c in BASE + EXTRA if c in names and c != "path"]
         df = pd.read_parquet(p, columns=cols)
         for c in EXTRA:

@@ -18,7 +18,8 @@ from itertools import product
 import numpy as np
 import pandas as pd
 
-from bilora.metrics import INTERVAL_METRICS, KEYS, mean_interval
+from bilora.errors import DataError
+from bilora.metrics import INTERVAL_METRICS, KEYS, load_draws, mean_interval
 from bilora.report.layout import Est
 
 CLEAN = "none"
@@ -27,16 +28,16 @@ CLEAN = "none"
 class Results:
     """The metrics table and its bootstrap draws, indexed by group key."""
 
-    def __init__(self, table: pd.DataFrame, tp: np.ndarray, tn: np.ndarray,
+    def __init__(self, table: pd.DataFrame, draws: dict[str, np.ndarray],
                  confidence: float, seeds: Sequence[int]) -> None:
-        if len(table) != len(tp) or len(table) != len(tn):
-            raise SystemExit(f"bilora: the bootstrap draws ({len(tp)} rows) do not match the "
-                             f"metrics table ({len(table)} rows): rerun the metrics step")
+        if len(table) != len(draws["tp"]) or len(table) != len(draws["tn"]):
+            raise DataError(f"the bootstrap draws ({len(draws['tp'])} rows) do not match the "
+                            f"metrics table ({len(table)} rows): rerun the metrics step")
         self.table = table.reset_index(drop=True)
         self.table["seed"] = self.table["seed"].astype(int)
         for c in ("detector", "train", "test", "perturbation", "level"):
             self.table[c] = self.table[c].astype(str)
-        self.tp, self.tn, self.confidence = tp, tn, confidence
+        self.draws, self.confidence = draws, confidence
         self.seeds = [int(s) for s in seeds]
         self.index = {key: i for i, key in enumerate(
             self.table[KEYS].itertuples(index=False, name=None))}
@@ -49,10 +50,7 @@ class Results:
     @classmethod
     def load(cls, metrics_path: str | os.PathLike, bootstrap_path: str | os.PathLike,
              confidence: float, seeds: Sequence[int]) -> Results:
-        table = pd.read_parquet(metrics_path)
-        with np.load(bootstrap_path) as z:
-            tp, tn = z["tp"], z["tn"]
-        return cls(table, tp, tn, confidence, seeds)
+        return cls(pd.read_parquet(metrics_path), load_draws(bootstrap_path), confidence, seeds)
 
     def detectors(self) -> set[str]:
         return set(self.table["detector"])
@@ -85,7 +83,7 @@ class Results:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore", RuntimeWarning)
             if metric in INTERVAL_METRICS:
-                point, lo, hi = mean_interval(self.tp, self.tn, rows, self.table, metric,
+                point, lo, hi = mean_interval(self.draws, rows, self.table, metric,
                                               self.confidence)
             else:
                 point, lo, hi = float(np.nanmean(values[rows])), float("nan"), float("nan")

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from bilora.errors import DataError
 from bilora.report.context import Context
 from bilora.report.estimates import est_columns
 from bilora.report.layout import Column, Est, Table
@@ -37,20 +38,20 @@ def load_published(path: str | os.PathLike) -> list[dict[str, Any]]:
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         doc = yaml.load(Path(path).read_text(), Loader=loader)  # noqa: S506 - a safe loader
     except (OSError, yaml.YAMLError) as exc:
-        raise SystemExit(f"bilora: {path}: cannot read the published figures: {exc}") from None
+        raise DataError(f"{path}: cannot read the published figures: {exc}") from None
     entries = (doc or {}).get("entries") if isinstance(doc, dict) else None
     if not isinstance(entries, list):
-        raise SystemExit(f"bilora: {path}: expected a mapping with a list 'entries'")
+        raise DataError(f"{path}: expected a mapping with a list 'entries'")
     ids = set()
     for i, e in enumerate(entries):
         missing = [k for k in REQUIRED if not isinstance(e, dict) or k not in e]
         if missing:
-            raise SystemExit(f"bilora: {path}: entry {i} lacks {', '.join(missing)}")
+            raise DataError(f"{path}: entry {i} lacks {', '.join(missing)}")
         if e["metric"] not in PERCENT + COUNTS + SHARES:
-            raise SystemExit(f"bilora: {path}: entry {e['id']}: unknown metric {e['metric']!r}; "
+            raise DataError(f"{path}: entry {e['id']}: unknown metric {e['metric']!r}; "
                              f"known: {', '.join(PERCENT + COUNTS + SHARES)}")
         if e["id"] in ids:
-            raise SystemExit(f"bilora: {path}: entry id {e['id']!r} appears twice")
+            raise DataError(f"{path}: entry id {e['id']!r} appears twice")
         ids.add(e["id"])
     return entries
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bilora.errors import ConfigError
 from bilora.report import data_card as card
 from bilora.report import figures, tables
 from bilora.report.context import Context, Notice, read_parameters, read_warnings
@@ -23,16 +24,16 @@ def check_spec(spec: dict[str, Any]) -> None:
     """One-line errors for a spec the report cannot use."""
     missing = [k for k in SPEC_KEYS if k not in spec]
     if missing:
-        raise SystemExit(f"bilora: report spec lacks {', '.join(missing)}")
+        raise ConfigError(f"report spec lacks {', '.join(missing)}")
     if not spec["seeds"]:
-        raise SystemExit("bilora: report spec: 'seeds' is empty")
+        raise ConfigError("report spec: 'seeds' is empty")
     for vid, info in spec["variants"].items():
         if vid not in spec["labels"] or info.get("base") not in spec["labels"]:
-            raise SystemExit(f"bilora: report spec: variant {vid!r} or its base "
+            raise ConfigError(f"report spec: variant {vid!r} or its base "
                              f"{info.get('base')!r} has no label")
     pub = spec["published"]
     if pub is not None and not {"file", "map", "comparable"} <= set(pub):
-        raise SystemExit("bilora: report spec: 'published' needs file, map and comparable")
+        raise ConfigError("report spec: 'published' needs file, map and comparable")
 
 
 def _gap_notices(results: Results, labels: dict[str, str]) -> list[Notice]:

@@ -1,4 +1,4 @@
-# Metrics and report: never touch a model, only per-image scores.
+# Metrics and report: never touch a model, only per-image scores (and their metadata).
 
 
 rule compute_metrics:
@@ -21,19 +21,24 @@ rule compute_metrics:
 
 rule render_report:
     input:
-        f"{RES}/metrics.parquet",
+        metrics=f"{RES}/metrics.parquet",
+        bootstrap=f"{RES}/bootstrap.npz",
+        scores=W.scores(config),
+        manifests=W.all_manifests(config),
+        published=W.published_inputs(config),
     output:
         report(W.tables(config), caption="../report/tables.rst", category="Tables"),
         report(W.figures(config), caption="../report/figures.rst", category="Figures"),
     params:
         spec=W.json_param(C.report_spec(config)),
-        tables=lambda w, output: os.path.dirname(output[0]),
-        figures=lambda w, output: os.path.dirname(output[-1]),
+        tables=f"{RES}/tables",
+        figures=f"{RES}/figures",
     log:
         f"{RES}/logs/render_report.log",
     threads: 1
     conda:
         ENV
     shell:
-        "python3 -m bilora.cli report --spec {params.spec:q} --metrics {input} --tables {params.tables}"
-        " --figures {params.figures} > {log} 2>&1"
+        "python3 -m bilora.cli report --spec {params.spec:q} --metrics {input.metrics}"
+        " --bootstrap {input.bootstrap} --scores {input.scores} --manifests {input.manifests}"
+        " --tables {params.tables} --figures {params.figures} > {log} 2>&1"
