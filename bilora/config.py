@@ -139,10 +139,33 @@ def _cross_check(cfg: dict[str, Any], source: str) -> None:
             if g not in provided:
                 raise ConfigError(f"{source}: generators.{role}: {g!r} is provided by no dataset "
                                   f"(known: {', '.join(provided)})")
+    datasets = cfg["data"]["datasets"]
+    shared = cfg["data"]["shared_test_reals"]
+    if shared is not None and shared not in datasets:
+        raise ConfigError(f"{source}: data.shared_test_reals: no dataset {shared!r}; known: "
+                          f"{', '.join(datasets)}")
+    for name, ds in datasets.items():
+        if ds.get("test_reals") == "shared" and (shared is None or shared == name):
+            raise ConfigError(f"{source}: data.datasets.{name}.test_reals: shared needs "
+                              "data.shared_test_reals to name another dataset")
+        if ds.get("train_reals") == "lsun":
+            lsun = lsun_dataset(cfg)
+            if lsun is None or not set(generators_of(ds)) <= set(
+                    datasets[lsun]["lsun"]["extra"]):
+                raise ConfigError(f"{source}: data.datasets.{name}.train_reals: lsun needs "
+                                  f"its generators in the lsun.extra list of the zenodo "
+                                  f"dataset (found: {lsun})")
     for det in cfg["ablations"]:
         if det not in cfg["detectors"]:
             raise ConfigError(f"{source}: ablations.{det}: no detector {det!r}; known: "
                               f"{', '.join(cfg['detectors'])}")
+
+
+def lsun_dataset(cfg: dict[str, Any]) -> str | None:
+    """The dataset that rebuilds reals from the LSUN LMDB (the zenodo one with ``lsun``)."""
+    found = [n for n, ds in cfg["data"]["datasets"].items()
+             if ds["source"] == "zenodo" and "lsun" in ds]
+    return found[0] if len(found) == 1 else None
 
 
 def is_complete(given: dict[str, Any]) -> bool:
@@ -387,6 +410,9 @@ def metrics_spec(cfg: dict[str, Any]) -> MetricsSpec:
 def real_set(cfg: dict[str, Any], generator: str) -> str:
     """A short description of the real images a test generator's set is scored against."""
     ds = cfg["data"]["datasets"][dataset_of(cfg, generator)]
+    if ds.get("test_reals") == "shared":
+        shared = cfg["data"]["datasets"][cfg["data"]["shared_test_reals"]]
+        ds = shared
     if ds["source"] == "procedural":
         return "shared procedural test reals"
     if ds["source"] == "zenodo" or ds["layout"] == "ricker":

@@ -152,7 +152,8 @@ def lsun_args(cfg: dict[str, Any], dataset: str) -> str:
                        "--skip", str(lsun["skip"]),
                        "--train-per-generator", str(lsun["train_per_generator"]),
                        "--val-per-generator", str(lsun["val_per_generator"]),
-                       "--size", str(lsun["size"]), "--generators", *lsun["order"]])
+                       "--size", str(lsun["size"]), "--generators", *lsun["order"],
+                       "--extra-generators", *lsun["extra"]])
 
 
 def digest_args(cfg: dict[str, Any], dataset: str, split: str) -> str:
@@ -165,7 +166,12 @@ def organize_inputs(cfg: dict[str, Any], dataset: str) -> list[str]:
     """What a dataset's manifest waits for: extraction, LSUN rebuild, digest checks."""
     ds = cfg["data"]["datasets"][dataset]
     if ds["source"] != "zenodo":
-        return []
+        out = []
+        if ds["test_reals"] == "shared":
+            out.append(manifest(cfg, cfg["data"]["shared_test_reals"]))
+        if ds["train_reals"] == "lsun":
+            out.append(f"{dataset_dir(cfg, C.lsun_dataset(cfg))}/raw/lsun_real.done.json")
+        return out
     d = dataset_dir(cfg, dataset)
     splits = ricker_splits(cfg, dataset)
     out = [f"{d}/raw/extract.done.json"]
@@ -185,8 +191,14 @@ def digest_inputs(cfg: dict[str, Any], dataset: str, split: str) -> list[str]:
 
 def organize_args(cfg: dict[str, Any], dataset: str) -> str:
     ds = cfg["data"]["datasets"][dataset]
+    sample = cfg["data"]["sample"]
     args = ["--dataset-dir", dataset_dir(cfg, dataset),
-            "--max-rejected-fraction", str(cfg["data"]["max_rejected_fraction"])]
+            "--max-rejected-fraction", str(cfg["data"]["max_rejected_fraction"]),
+            "--seed", str(cfg["seed"])]
+    if sample["train_per_class"] is not None:
+        args += ["--train-per-class", str(sample["train_per_class"])]
+    if sample["test_fakes_per_generator"] is not None:
+        args += ["--test-fakes-per-generator", str(sample["test_fakes_per_generator"])]
     if ds["source"] == "zenodo":
         args += ["--layout", "ricker", "--source", raw_dir(cfg, dataset),
                  "--generators", *ds["generators"], "--splits", *ricker_splits(cfg, dataset)]
@@ -198,6 +210,11 @@ def organize_args(cfg: dict[str, Any], dataset: str) -> str:
             args += ["--generators", *ds["generators"]]
         if ds["splits"]:
             args += ["--splits", *ds["splits"]]
+        if ds["test_reals"] == "shared":
+            args += ["--test-reals-from", manifest(cfg, cfg["data"]["shared_test_reals"])]
+        if ds["train_reals"] == "lsun":
+            args += ["--train-reals-dir",
+                     f"{dataset_dir(cfg, C.lsun_dataset(cfg))}/raw/lsun_extra"]
         if ds["split_map"]:
             args += ["--split-map", ",".join(f"{k}={v}" for k, v in ds["split_map"].items())]
     return shlex.join(args)

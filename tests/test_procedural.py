@@ -22,7 +22,10 @@ def test_same_seed_same_manifest_sha1s(tmp_path):
 
 def test_canonical_layout_with_the_real_test_set_stored_once(tmp_path):
     df = _make(tmp_path, 1)
-    assert set(df.columns) == {"path", "label", "generator", "split", "sha1"}
+    assert list(df.columns) == ["path", "label", "generator", "split", "sha1", "format", "mode",
+                                "width", "height", "jpeg_quality"]
+    assert set(df.format) == {"PNG"} and set(df["mode"]) == {"RGB"}
+    assert (df.width == 32).all() and df.jpeg_quality.isna().all()
     assert (tmp_path / "train/sim-LDM/0_real/000000.png").exists()
     assert (tmp_path / "train/sim-LDM/1_fake/000003.png").exists()
     assert len(list((tmp_path / "train/sim-ProGAN/1_fake").iterdir())) == 4

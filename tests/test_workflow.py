@@ -133,8 +133,14 @@ def test_lint_is_clean():
 
 
 def test_paper_dry_run_has_21_training_jobs_fed_by_the_data_jobs(tmp_path):
-    out = smk("-n", "all", "--configfile", str(PAPER), cwd=tmp_path)
+    out = smk("-n", "all", "--configfile", str(PAPER), "--printshellcmds", cwd=tmp_path)
     counts = job_counts(out.stdout)
+    genimage = [line for line in out.stdout.splitlines()
+                if "bilora.cli organize" in line and "--layout genimage" in line]
+    # SD v1.4 and GLIDE are scored against the shared LSUN test reals, 10k fakes each
+    assert len(genimage) == 2 and all(
+        "--test-reals-from data/paper/ricker/manifest.parquet" in line
+        and "--test-fakes-per-generator 10000" in line for line in genimage)
     assert counts["train_detector"] == 21 and counts["score_cell"] == 21
     assert counts["fetch_zenodo_record"] == 1 and counts["rebuild_lsun_real"] == 1
     assert counts["organize_dataset"] == 3 and counts["extract_archives"] == 1

@@ -93,6 +93,7 @@ def _rebuild(args: argparse.Namespace) -> int:
     n = rebuild_lsun_real(args.lmdb, args.dest, args.generators, skip=args.skip,
                           train_per_generator=args.train_per_generator,
                           val_per_generator=args.val_per_generator, size=args.size,
+                          extra=args.extra_generators,
                           workers=args.workers, progress=not args.quiet)
     print(f"wrote {n} PNGs under {args.dest}")
     if args.done:
@@ -108,7 +109,10 @@ def _organize(args: argparse.Namespace) -> int:
     df = organize(args.layout, args.source, args.dataset_dir, args.max_rejected_fraction,
                   out=args.out, generator=args.generator,
                   split_map=parse_split_map(args.split_map), generators=args.generators,
-                  splits=args.splits, progress=not args.quiet)
+                  splits=args.splits, progress=not args.quiet,
+                  test_reals_from=args.test_reals_from, train_reals_dir=args.train_reals_dir,
+                  train_per_class=args.train_per_class,
+                  test_fakes_per_generator=args.test_fakes_per_generator, seed=args.seed)
     print(f"{len(df)} images in {args.out}")
     return 0
 
@@ -177,6 +181,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--generators", nargs="+", default=list(RICKER_GENERATORS),
                    help="in the order the records are handed out")
+    p.add_argument("--extra-generators", nargs="*", default=[],
+                   help="generators outside Ricker's set that get a further train block of "
+                   "reals, in this order, after every Ricker block (<dest>/../lsun_extra)")
     p.add_argument("--workers", type=int, default=1, help="processes encoding PNGs")
     p.add_argument("--done", help="also copy the completion marker to this path")
     p.add_argument("--quiet", action="store_true")
@@ -192,6 +199,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--generators", nargs="+", help="generators to include (ricker: required)")
     p.add_argument("--splits", nargs="+", help="ricker splits to include (default all)")
     p.add_argument("--max-rejected-fraction", type=float, required=True)
+    p.add_argument("--test-reals-from", metavar="MANIFEST",
+                   help="score every test generator against this manifest's shared real set")
+    p.add_argument("--train-reals-dir", metavar="DIR",
+                   help="train reals from a further LSUN block: DIR/train/<G>/0_real")
+    p.add_argument("--train-per-class", type=int, help="cap of train images per class")
+    p.add_argument("--test-fakes-per-generator", type=int, help="cap of test fakes per generator")
+    p.add_argument("--seed", type=int, default=0, help="seed of the capped samples")
     p.add_argument("--out", required=True, help="manifest parquet to write")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_organize)

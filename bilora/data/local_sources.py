@@ -31,12 +31,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import pandas as pd
 
 from bilora.data.manifest import Entry, ManifestError, build_manifest
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp",
                               ".tif", ".tiff", ".gif"})
@@ -248,13 +246,74 @@ def layout_entries(layout: str, source: str | os.PathLike, dataset_dir: str | os
     raise SourceError(f"unknown layout {layout!r}; expected one of {list(LAYOUTS)}")
 
 
+def shared_test_reals(manifest: str | os.PathLike) -> pd.DataFrame:
+    """The shared real test images of a manifest (each once), with absolute paths."""
+    from bilora.data.manifest import read_manifest, resolve_path
+
+    df = read_manifest(manifest)
+    reals = df[(df["split"] == "test") & (df["label"] == 0)].drop_duplicates("sha1").copy()
+    if reals.empty:
+        raise SourceError(f"{manifest} holds no real test images to share")
+    reals["path"] = [str(resolve_path(Path(manifest).parent, p).resolve()) for p in reals["path"]]
+    return reals
+
+
+def lsun_train_reals(folder: str | os.PathLike, generator: str, dataset_dir: str | os.PathLike
+                     ) -> list[Entry]:
+    """Train reals of ``generator`` from a further LSUN block (``<folder>/train/<G>/0_real``)."""
+    images = list_images(Path(folder) / "train" / generator / REAL)
+    if not images:
+        raise SourceError(f"no LSUN real images for {generator} in {Path(folder) / 'train'}"
+                          f"/{generator}/{REAL} (rebuild them: bilora rebuild-lsun-real "
+                          "--extra-generators)")
+    return [Entry(manifest_path(p, dataset_dir), 0, generator, "train") for p in images]
+
+
 def organize(layout: str, source: str | os.PathLike, dataset_dir: str | os.PathLike,
              max_rejected_fraction: float, out: str | os.PathLike | None = None,
              generator: str | None = None, split_map: Mapping[str, str] | None = None,
              generators: Sequence[str] | None = None, splits: Sequence[str] | None = None,
-             progress: bool = True) -> pd.DataFrame:
-    """Map ``source`` with ``layout`` and write the dataset's manifest (and rejects.csv)."""
+             progress: bool = True, test_reals_from: str | os.PathLike | None = None,
+             train_reals_dir: str | os.PathLike | None = None,
+             train_per_class: int | None = None, test_fakes_per_generator: int | None = None,
+             seed: int = 0) -> pd.DataFrame:
+    """Map ``source`` with ``layout`` and write the dataset's manifest (and rejects.csv).
+
+    ``test_reals_from``: the test reals of every generator are the shared real set of that
+    manifest instead of the dataset's own. ``train_reals_dir``: the train reals are a
+    further LSUN block rebuilt there instead of the dataset's own. ``train_per_class``
+    and ``test_fakes_per_generator`` cap the images per class by a seeded sample (own test
+    reals are capped like the fakes); the sample is recorded in the manifest.
+    """
+    import logging
+
+    from bilora.data.manifest import sample_entries
+
     entries = layout_entries(layout, source, dataset_dir, generator, split_map, generators,
                              splits)
+    gens = sorted({e.generator for e in entries})
+    if test_reals_from is not None:
+        entries = [e for e in entries if not (e.split == "test" and e.label == 0)]
+    if train_reals_dir is not None:
+        entries = [e for e in entries if not (e.split == "train" and e.label == 0)]
+        for g in gens:
+            entries += lsun_train_reals(train_reals_dir, g, dataset_dir)
+    caps = {("train", 0): train_per_class, ("train", 1): train_per_class,
+            ("test", 1): test_fakes_per_generator,
+            ("test", 0): None if test_reals_from is not None else test_fakes_per_generator}
+    entries, notes = sample_entries(entries, caps, seed, Path(dataset_dir).name)
+    log = logging.getLogger("bilora.data")
+    for n in notes:
+        kind = "real" if n["label"] == 0 else "fake"
+        if n["available"] < n["cap"]:
+            log.warning("%s %s %s: only %d images, fewer than the %d asked; all are used",
+                        n["generator"], n["split"], kind, n["available"], n["cap"])
+        elif n["available"] > n["cap"]:
+            log.info("%s %s %s: a seeded sample of %d of %d images", n["generator"],
+                     n["split"], kind, n["kept"], n["available"])
+    verified = None
+    if test_reals_from is not None:
+        reals = shared_test_reals(test_reals_from)
+        verified = pd.concat([reals.assign(generator=g) for g in gens], ignore_index=True)
     return build_manifest(dataset_dir, entries, max_rejected_fraction, out=out,
-                          progress=progress)
+                          progress=progress, verified=verified, sampling=notes)

@@ -43,6 +43,8 @@ from bilora.data.ricker import RICKER_GENERATORS
 from bilora.errors import DataError
 
 DONE_NAME = "lsun_real.done.json"
+#: Folder (beside the dataset's top folder) of the further blocks for extra generators.
+EXTRA_DIR = "lsun_extra"
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 
 
@@ -52,29 +54,43 @@ class LsunError(DataError):
 
 @dataclass(frozen=True)
 class Plan:
-    """Where the records after ``skip`` go: blocks of train then val per generator."""
+    """Where the records after ``skip`` go: blocks of train then val per generator, then a
+    train block per extra generator (real halves for generators outside Ricker's set,
+    e.g. GenImage's SD v1.4 and GLIDE, disjoint from every other block)."""
 
     generators: tuple[str, ...]
     skip: int = 10_000
     train_per_generator: int = 39_000
     val_per_generator: int = 1_000
+    extra: tuple[str, ...] = ()
+
+    @property
+    def ricker_end(self) -> int:
+        """Index after the last record of Ricker et al.'s blocks."""
+        return self.skip + len(self.generators) * (self.train_per_generator
+                                                   + self.val_per_generator)
 
     @property
     def total(self) -> int:
         """Number of records read from the LMDB, skipped ones included."""
-        return self.skip + len(self.generators) * (self.train_per_generator
-                                                   + self.val_per_generator)
+        return self.ricker_end + len(self.extra) * self.train_per_generator
 
     def target(self, index: int) -> tuple[str, str] | None:
-        """``(split, generator)`` of the record with global running index ``index``."""
+        """``(split, generator)`` of the record with global running index ``index``;
+        split ``extra`` for the blocks of the extra generators."""
         if index < self.skip or index >= self.total:
             return None
+        if index >= self.ricker_end:
+            return "extra", self.extra[(index - self.ricker_end) // self.train_per_generator]
         block = self.train_per_generator + self.val_per_generator
         gen, within = divmod(index - self.skip, block)
         return ("train" if within < self.train_per_generator else "val"), self.generators[gen]
 
     def folder(self, split: str, generator: str) -> str:
-        """Relative folder of a split's real images for a generator."""
+        """Folder of a split's real images for a generator, relative to the dataset's top
+        folder (the extra blocks go to ``../lsun_extra/train/<G>/0_real``)."""
+        if split == "extra":
+            return f"../{EXTRA_DIR}/train/{generator}/0_real"
         return f"{split}/{generator}/0_real"
 
     def expected(self) -> dict[str, set[str]]:
@@ -148,7 +164,8 @@ def _records(lmdb_path: Path, plan: Plan, dest: Path
                 raise LsunError(f"the LMDB at {lmdb_path} has {index + 1} records; the plan "
                                 f"needs {plan.total} (skip {plan.skip} + "
                                 f"{len(plan.generators)} generators x "
-                                f"({plan.train_per_generator} + {plan.val_per_generator}))")
+                                f"({plan.train_per_generator} + {plan.val_per_generator})"
+                                f" + {len(plan.extra)} extra x {plan.train_per_generator})")
     finally:
         env.close()
 
@@ -171,15 +188,18 @@ def _check_folders(dest: Path, plan: Plan) -> None:
 def _params(lmdb_path: Path, plan: Plan, size: int) -> dict:
     return {"lmdb": str(lmdb_path.resolve()), "generators": list(plan.generators),
             "skip": plan.skip, "train_per_generator": plan.train_per_generator,
-            "val_per_generator": plan.val_per_generator, "size": size}
+            "val_per_generator": plan.val_per_generator, "size": size,
+            "extra": list(plan.extra)}
 
 
 def rebuild_lsun_real(lmdb_path: str | os.PathLike, dest: str | os.PathLike,
                       generators: Sequence[str] = RICKER_GENERATORS, skip: int = 10_000,
                       train_per_generator: int = 39_000, val_per_generator: int = 1_000,
-                      size: int = 256, workers: int = 1, progress: bool = True) -> int:
-    """Write ``dest/{train,val}/<G>/0_real/<index:08>.png`` from the LMDB; return how many
-    PNGs were written in this call (0 when a matching completion marker exists)."""
+                      size: int = 256, workers: int = 1, progress: bool = True,
+                      extra: Sequence[str] = ()) -> int:
+    """Write ``dest/{train,val}/<G>/0_real/<index:08>.png`` from the LMDB (and, for each
+    ``extra`` generator, ``dest/../lsun_extra/train/<G>/0_real``); return how many PNGs
+    were written in this call (0 when a matching completion marker exists)."""
     from tqdm import tqdm
 
     lmdb_path, dest = Path(lmdb_path), Path(dest)
@@ -188,7 +208,9 @@ def rebuild_lsun_real(lmdb_path: str | os.PathLike, dest: str | os.PathLike,
                         "the LSUN project and give its path)")
     if len(set(generators)) != len(generators) or not generators:
         raise LsunError(f"generators must be a non-empty list without repeats: {generators}")
-    plan = Plan(tuple(generators), skip, train_per_generator, val_per_generator)
+    if set(extra) & set(generators) or len(set(extra)) != len(extra):
+        raise LsunError(f"extra generators {list(extra)} repeat or overlap {list(generators)}")
+    plan = Plan(tuple(generators), skip, train_per_generator, val_per_generator, tuple(extra))
     params = _params(lmdb_path, plan, size)
     marker = dest / DONE_NAME
     if marker.exists():

@@ -31,8 +31,8 @@ rule render_report:
         report(W.figures(config), caption="../report/figures.rst", category="Figures"),
     params:
         spec=W.json_param(C.report_spec(config)),
-        tables=f"{RES}/tables",
-        figures=f"{RES}/figures",
+        tables=lambda w, output: os.path.dirname(output[0]),
+        figures=lambda w, output: os.path.dirname(output[-1]),
     log:
         f"{RES}/logs/render_report.log",
     threads: 1
