@@ -385,6 +385,63 @@ def score_spec(cfg: dict[str, Any], detector: str) -> ScoreSpec:
             "jpeg_quality": jpeg_quality(cfg)}
 
 
+def conditions(cfg: dict[str, Any]) -> list[tuple[str, str]]:
+    """(perturbation, level) of every scored condition, levels as the score tables spell them."""
+    return [(kind, str(level)) for kind, levels in cfg["evaluation"]["perturbations"].items()
+            for level in levels]
+
+
+def condition_name(kind: str, level: str) -> str:
+    """A condition's name in file names: ``<perturbation>=<level>``."""
+    return f"{kind}={level}"
+
+
+def sharing_groups(cfg: dict[str, Any]) -> dict[str, list[str]]:
+    """Scoring groups (``evaluation.sharing: group``): group id -> the detectors whose cells
+    share one frozen base (same base checkpoint and dtype, vision tower not trained)."""
+    from bilora.registry import kind
+
+    if cfg["evaluation"]["sharing"] != "group":
+        return {}
+    out: dict[str, list[str]] = {}
+    for det, section in detectors(cfg).items():
+        if not kind(section["kind"]).shares_base or "vision_model" in section["extra_trainable"]:
+            continue
+        key = digest({"base": section["base_model"], "dtype": section["dtype"]}, 10)
+        out.setdefault(f"{section['kind']}-{key}", []).append(det)
+    return out
+
+
+def group_of(cfg: dict[str, Any], detector: str) -> str | None:
+    """The scoring group of a detector, or None when it is scored cell by cell."""
+    return next((g for g, dets in sharing_groups(cfg).items() if detector in dets), None)
+
+
+class GroupScoreSpec(TypedDict):
+    group: str
+    condition: list[str]
+    cells: list[list]
+    members: dict[str, ScoreSpec]
+    batch_size: int
+    test_generators: list[str]
+    seed: int
+    protocol: str
+    device: str
+    jpeg_quality: int | None
+
+
+def group_score_spec(cfg: dict[str, Any], group: str, condition: str) -> GroupScoreSpec:
+    names = {condition_name(k, lv): [k, lv] for k, lv in conditions(cfg)}
+    members = {d: score_spec(cfg, d) for d in sharing_groups(cfg)[group]}
+    cells_ = [[c.detector, c.train, c.seed] for d in members for c in cells(cfg, d)]
+    return {"group": group, "condition": names[condition], "members": members,
+            "cells": cells_,
+            "batch_size": min(m["eval"]["batch_size"] for m in members.values()),
+            "test_generators": cfg["generators"]["test"], "seed": cfg["seed"],
+            "protocol": cfg["evaluation"]["protocol"], "device": cfg["device"],
+            "jpeg_quality": jpeg_quality(cfg)}
+
+
 def procedural_spec(cfg: dict[str, Any], dataset: str) -> ProceduralJobSpec:
     return {"dataset": cfg["data"]["datasets"][dataset], "seed": cfg["seed"],
             "max_rejected_fraction": cfg["data"]["max_rejected_fraction"]}

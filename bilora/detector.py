@@ -19,6 +19,9 @@ import torch
 
 from bilora.detectors import Detector
 
+#: The image path of BLIP-2, in order: what each stage's output is.
+STAGES = ("pixels", "vision", "qformer", "projected")
+
 
 def lora_config(cfg: dict[str, Any]):
     """The ``peft.LoraConfig`` of a Bi-LoRA config section (every field stated)."""
@@ -152,31 +155,106 @@ class BiLoRADetector(Detector):
     def _prompt(self, n: int) -> torch.Tensor:
         return self.prompt_ids.to(self.device).unsqueeze(0).expand(n, -1)
 
+    # -- the image path in stages: pixels -> vision -> qformer -> projected ----
+    def frozen_stage(self) -> str | None:
+        """The deepest stage of the image path that no training changes (its output can
+        be computed once per image), from the parameters that actually train; None when
+        the vision tower itself trains."""
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+
+        def trains(part: str) -> bool:
+            return any(f".{part}." in f".{n}" for n in trainable)
+        if trains("vision_model"):
+            return None
+        if trains("qformer") or any(n.endswith("query_tokens") for n in trainable):
+            return "vision"
+        if trains("language_projection"):
+            return "qformer"
+        return "projected"
+
+    def features(self, images: torch.Tensor, stage: str) -> torch.Tensor:
+        """The image path's output at ``stage`` (``vision``, ``qformer`` or ``projected``)."""
+        base = self.model.get_base_model()
+        x = base.vision_model(pixel_values=self.pixel_values(images)).last_hidden_state
+        return self.continue_features("vision", x, stage)
+
+    def continue_features(self, stage: str, x: torch.Tensor, until: str = "projected"
+                          ) -> torch.Tensor:
+        """Carry features from ``stage`` on through the image path to ``until``."""
+        base = self.model.get_base_model()
+        order = STAGES.index
+        if order(stage) < order("qformer") <= order(until):
+            mask = torch.ones(x.shape[:-1], dtype=torch.long, device=x.device)
+            q = base.qformer(query_embeds=base.query_tokens.expand(x.shape[0], -1, -1),
+                             encoder_hidden_states=x, encoder_attention_mask=mask,
+                             return_dict=True).last_hidden_state
+            x = q.to(x.dtype) if q.dtype != x.dtype else q  # the Q-Former runs in float32
+            stage = "qformer"
+        if order(stage) < order("projected") <= order(until):
+            x = base.language_projection(x)
+        return x
+
+    def last_logits(self, projected: torch.Tensor, words: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """Decoder logits, [N, vocab], at the BOS position of ``[<image>]*NQ + [BOS]``, the
+        position that predicts the caption word; with ``words`` the sequence goes on with
+        them (teacher forcing: the training input, whose LoRA dropout masks cover it too).
+        The head runs at that one position only."""
+        from transformers.models.blip_2.modeling_blip_2 import (
+            BaseModelOutputWithVisionQformerOutputs,
+        )
+
+        ids = self._prompt(projected.shape[0])
+        if words is not None:
+            ids = torch.cat([ids, words[:, None]], 1)
+        keep = torch.tensor([self.prompt_ids.numel() - 1], device=self.device)
+        out = self.model(pixel_values=None, input_ids=ids, attention_mask=torch.ones_like(ids),
+                         mm_encoder_outputs={"image": BaseModelOutputWithVisionQformerOutputs(
+                             pooler_output=projected)}, logits_to_keep=keep)
+        return out.logits[:, -1]
+
+    def _words(self, labels: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(self.word_ids, device=self.device)[labels.to(self.device).long()]
+
+    def loss_from_features(self, x: torch.Tensor, labels: torch.Tensor, stage: str
+                           ) -> torch.Tensor:
+        """The caption-word loss from features at ``stage`` (a frozen-feature cache)."""
+        words = self._words(labels)
+        logits = self.last_logits(self.continue_features(stage, x.to(self.device)), words)
+        return torch.nn.functional.cross_entropy(logits.float(), words)
+
+    @torch.no_grad()
+    def predict_from_features(self, x: torch.Tensor, stage: str
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P(fake), the greedy next token) from features at ``stage``."""
+        logits = self.last_logits(self.continue_features(stage, x.to(self.device))).float()
+        token = logits.argmax(-1)
+        p_fake = logits[:, self.word_ids].softmax(-1)[:, 1]
+        if self.cfg["readout"] == "generate":  # the paper's hard label; other words: none
+            p_fake = torch.full_like(p_fake, float("nan"))
+            p_fake[token == self.word_ids[0]] = 0.0
+            p_fake[token == self.word_ids[1]] = 1.0
+        return p_fake.cpu(), token.cpu()
+
+    # -- from images --------------------------------------------------------
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        n = images.shape[0]
-        words = torch.tensor(self.word_ids, device=self.device)[labels.to(self.device).long()]
-        input_ids = torch.cat([self._prompt(n), words[:, None]], 1)
-        target = torch.full_like(input_ids, -100)
-        target[:, -1] = words
-        out = self.model(pixel_values=self.pixel_values(images), input_ids=input_ids,
-                         attention_mask=torch.ones_like(input_ids), labels=target)
-        return out.loss
+        """The language-model loss of the caption word (image and BOS positions carry no
+        label), with the head run at the one position that predicts the word."""
+        return self.loss_from_features(self.features(images, "projected"), labels, "projected")
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        if self.cfg["readout"] == "generate":
-            labels = self.generate_labels(images).float()
-            labels[labels < 0] = float("nan")  # unmapped token: no label (the paper's rule)
-            return labels
-        ids = self._prompt(images.shape[0])
-        out = self.model(pixel_values=self.pixel_values(images), input_ids=ids,
-                         attention_mask=torch.ones_like(ids))
-        two = out.logits[:, -1, self.word_ids].float()
-        return two.softmax(-1)[:, 1].cpu()
+        return self.predict_tokens(images)[0]
+
+    @torch.no_grad()
+    def predict_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P(fake), the greedy next token) of a batch of images: one forward."""
+        return self.predict_from_features(self.features(images, "projected"), "projected")
 
     @torch.no_grad()
     def generate_labels(self, images: torch.Tensor) -> torch.Tensor:
-        """The paper's readout: greedy generation of one token; fake 1, real 0, other -1."""
+        """The paper's readout as the authors ran it: greedy ``generate`` of one token;
+        fake 1, real 0, any other word -1."""
         from transformers import GenerationConfig
 
         ids = self._prompt(images.shape[0])
@@ -187,10 +265,10 @@ class BiLoRADetector(Detector):
                                   pad_token_id=tok.pad_token_id)
         out = self.model.generate(pixel_values=self.pixel_values(images), input_ids=ids,
                                   attention_mask=torch.ones_like(ids), generation_config=greedy)
-        tok = out[:, -1].cpu()
-        labels = torch.full_like(tok, -1)
-        labels[tok == self.word_ids[0]] = 0
-        labels[tok == self.word_ids[1]] = 1
+        token = out[:, -1].cpu()
+        labels = torch.full_like(token, -1)
+        labels[token == self.word_ids[0]] = 0
+        labels[token == self.word_ids[1]] = 1
         return labels
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:

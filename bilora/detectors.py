@@ -18,8 +18,10 @@ import torch
 from torch import nn
 
 from bilora.atomic import atomic_path
+from bilora.model_files import DETECTOR_FILE, model_fingerprint, read_detector_meta
 
-DETECTOR_FILE = "detector.json"
+__all__ = ["DETECTOR_FILE", "model_fingerprint", "read_detector_meta"]
+
 
 class Detector(nn.Module, metaclass=ABCMeta):
     """Base class: a binary real/fake detector on uint8 NCHW image batches."""
@@ -123,26 +125,6 @@ def save_detector(detector: Detector, folder: str | os.PathLike,
                 "parameters": detector.parameter_counts(), "provenance": provenance or {}}
         (tmp / DETECTOR_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return folder
-
-
-def read_detector_meta(folder: str | os.PathLike) -> dict[str, Any]:
-    path = Path(folder) / DETECTOR_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: {folder} is not a saved detector folder")
-    return json.loads(path.read_text())
-
-
-def model_fingerprint(folder: str | os.PathLike) -> str:
-    """A sha1 over a saved model folder's files (names and bytes): the trained model's
-    identity, whatever its path."""
-    import hashlib
-
-    from bilora.atomic import file_hexdigest
-
-    folder = Path(folder)
-    lines = [f"{p.relative_to(folder).as_posix()} {file_hexdigest(p)}"
-             for p in sorted(folder.rglob("*")) if p.is_file()]
-    return hashlib.sha1("\n".join(lines).encode()).hexdigest()
 
 
 def load_detector(folder: str | os.PathLike, device: str = "cpu") -> Detector:

@@ -20,11 +20,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from bilora.config import condition_name
 from bilora.data.dataset import ImageTable, Perturbation
 from bilora.data.perturbations import parse_level
 
 log = logging.getLogger("bilora.evaluation")
-SCORE_COLUMNS = ["image", "sha1", "generator", "label", "perturbation", "level", "p_fake"]
+SCORE_COLUMNS = ["image", "sha1", "generator", "label", "perturbation", "level", "p_fake",
+                 "token"]
+NO_TOKEN = -1  # detectors without a caption word (and Bi-LoRA when not asked)
 _FINGERPRINT = b"bilora_part_fingerprint"
 
 
@@ -36,21 +39,32 @@ def progress_bar(iterable, desc: str, progress: bool, total: int | None = None):
                 total=total, mininterval=0.1 if sys.stderr.isatty() else 30)
 
 
+def loader(dataset: torch.utils.data.Dataset, batch_size: int, num_workers: int,
+           device: torch.device) -> torch.utils.data.DataLoader:
+    """An ordered loader of a scoring dataset (pinned memory for a GPU)."""
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                       num_workers=num_workers,
+                                       pin_memory=device.type == "cuda",
+                                       persistent_workers=False)
+
+
 @torch.no_grad()
 def predict(detector, dataset: torch.utils.data.Dataset, batch_size: int, num_workers: int = 0,
-            desc: str = "scoring", progress: bool = True) -> torch.Tensor:
-    """P(fake) for every item of ``dataset``, in order."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         num_workers=num_workers,
-                                         pin_memory=detector.device.type == "cuda")
-    out = [detector.predict_proba(images).float().cpu()
-           for images, _ in progress_bar(loader, desc, progress)]
-    return torch.cat(out) if out else torch.empty(0)
-
-
-def condition_name(kind: str, level: str) -> str:
-    """The file name stem of a condition's part: ``<perturbation>=<level>``."""
-    return f"{kind}={level}"
+            desc: str = "scoring", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P(fake), the generated caption token or -1) for every item of ``dataset``, in order."""
+    p_out, t_out = [], []
+    for images, _ in progress_bar(loader(dataset, batch_size, num_workers, detector.device),
+                                  desc, progress):
+        if hasattr(detector, "predict_tokens"):
+            p, t = detector.predict_tokens(images)
+        else:
+            p = detector.predict_proba(images)
+            t = torch.full((len(p),), NO_TOKEN)
+        p_out.append(p.float().cpu())
+        t_out.append(t.to(torch.int32).cpu())
+    if not p_out:
+        return torch.empty(0), torch.empty(0, dtype=torch.int32)
+    return torch.cat(p_out), torch.cat(t_out)
 
 
 def read_part(path: Path, fingerprint: str) -> pd.DataFrame | None:
@@ -75,15 +89,16 @@ def write_part(frame: pd.DataFrame, path: Path, fingerprint: str) -> None:
     write_parquet_atomic(frame, path, {_FINGERPRINT.decode(): fingerprint})
 
 
-def join_scores(rows: pd.DataFrame, unique: pd.DataFrame, p_fake, kind: str,
+def join_scores(rows: pd.DataFrame, unique: pd.DataFrame, p_fake, token, kind: str,
                 level: str) -> pd.DataFrame:
     """Per-row scores of one condition from the scores of the unique images."""
-    scored = pd.DataFrame({"abspath": unique["abspath"].to_numpy(), "p_fake": p_fake})
+    scored = pd.DataFrame({"abspath": unique["abspath"].to_numpy(), "p_fake": p_fake,
+                           "token": token})
     merged = rows.merge(scored, on="abspath", how="left", validate="many_to_one")
     return pd.DataFrame({
         "image": merged["path"], "sha1": merged["sha1"], "generator": merged["generator"],
         "label": merged["label"].astype("int8"), "perturbation": kind, "level": level,
-        "p_fake": merged["p_fake"].astype("float32")})
+        "p_fake": merged["p_fake"].astype("float32"), "token": merged["token"].astype("int32")})
 
 
 def unique_images(rows: pd.DataFrame) -> pd.DataFrame:
@@ -92,15 +107,17 @@ def unique_images(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def score_conditions(rows: pd.DataFrame, conditions: Sequence[tuple[str, str]],
-                     score: Callable[[ImageTable, str], dict[str, torch.Tensor]],
+                     score: Callable[[ImageTable, str, list[str]],
+                                     dict[str, tuple[torch.Tensor, torch.Tensor]]],
                      dataset: Callable[[pd.DataFrame, Perturbation | None], ImageTable],
                      seed: int, protocol: str,
                      parts: dict[str, tuple[Path, str]] | None = None
                      ) -> dict[str, pd.DataFrame]:
     """Scores of several models (keys of ``parts``) under every condition, resumable.
 
-    ``score(dataset, desc)`` returns P(fake) of every image of ``dataset`` for each model
-    still to score; ``parts`` maps a model to (its parts folder, its fingerprint).
+    ``score(dataset, desc, models)`` returns (P(fake), token) of every image of ``dataset``
+    for each of ``models``, those still to score; ``parts`` maps a model to (its parts
+    folder, its fingerprint).
     Returns each model's scores in ``SCORE_COLUMNS``, conditions in order.
     """
     unique = unique_images(rows)
@@ -116,7 +133,8 @@ def score_conditions(rows: pd.DataFrame, conditions: Sequence[tuple[str, str]],
                                                                protocol)
             scores = score(dataset(unique, perturb), name, todo)
             for m in todo:
-                frame = join_scores(rows, unique, scores[m].numpy(), kind, level)
+                p_fake, token = scores[m]
+                frame = join_scores(rows, unique, p_fake.numpy(), token.numpy(), kind, level)
                 folder, fp = parts[m]
                 write_part(frame, folder / f"{name}.parquet", f"{fp}/{name}")
                 done[m] = frame
@@ -141,7 +159,8 @@ def score_table(detector, rows: pd.DataFrame, conditions: Sequence[tuple[str, st
     def dataset(unique: pd.DataFrame, perturb: Perturbation | None) -> ImageTable:
         return ImageTable(unique, detector.input_size, perturb, jpeg_quality)
 
-    def score(ds: ImageTable, desc: str, models: list[str]) -> dict[str, torch.Tensor]:
+    def score(ds: ImageTable, desc: str, models: list[str]
+              ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         return {"model": predict(detector, ds, batch_size, num_workers, desc, progress)}
 
     with tempfile.TemporaryDirectory() as tmp:

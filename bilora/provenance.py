@@ -23,10 +23,10 @@ def git_commit() -> str:
 
 def provenance(spec: dict[str, Any], **extra: Any) -> dict[str, str]:
     """Package version, git commit, torch version, config-slice hash, and what the caller adds."""
-    import torch
+    from importlib.metadata import version
 
     from bilora.config import digest
 
     return {"bilora_version": bilora.__version__, "git_commit": git_commit(),
-            "torch_version": torch.__version__, "config_hash": digest(spec),
+            "torch_version": version("torch"), "config_hash": digest(spec),
             **{k: str(v) for k, v in extra.items()}}

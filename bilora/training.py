@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,13 @@ def train_detector(
     run_fingerprint: str,
     num_workers: int = 0,
     progress: bool = True,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> list[dict[str, float]]:
-    """Train ``detector`` for ``cfg['epochs']`` epochs; return the per-epoch history."""
+    """Train ``detector`` for ``cfg['epochs']`` epochs; return the per-epoch history.
+
+    ``loss_fn(batch, labels)`` replaces ``detector.loss(augment(images), labels)`` when the
+    dataset yields something else than images (cached frozen features, never augmented).
+    """
     from tqdm import tqdm
 
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT
@@ -106,7 +112,8 @@ def train_detector(
         for step, (images, labels) in enumerate(bar, start=epoch * len(loader)):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, step, cfg["epochs"] * len(loader))
-            loss = detector.loss(augment(images, cfg), labels)
+            loss = (loss_fn(images, labels) if loss_fn is not None
+                    else detector.loss(augment(images, cfg), labels))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

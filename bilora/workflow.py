@@ -84,6 +84,37 @@ def base_model_dir(cfg: dict[str, Any], detector: str) -> list[str]:
     return [f"{results(cfg)}/bases/{spec['kind']}-{C.digest(spec, 10)}"]
 
 
+def cell_detectors(cfg: dict[str, Any]) -> list[str]:
+    """Detectors scored cell by cell (rule score_cell)."""
+    grouped = {d for dets in C.sharing_groups(cfg).values() for d in dets}
+    return [d for d in C.detectors(cfg) if d not in grouped]
+
+
+def group_detectors(cfg: dict[str, Any]) -> list[str]:
+    """Detectors scored in groups sharing a frozen base (rules score_group, gather_scores)."""
+    return [d for dets in C.sharing_groups(cfg).values() for d in dets]
+
+
+def condition_names(cfg: dict[str, Any]) -> list[str]:
+    return [C.condition_name(k, lv) for k, lv in C.conditions(cfg)]
+
+
+def group_models(cfg: dict[str, Any], group: str) -> list[str]:
+    """The trained models of every cell of a scoring group."""
+    dets = C.sharing_groups(cfg)[group]
+    return [f"{c.path(cfg)}/model" for d in dets for c in C.cells(cfg, d)]
+
+
+def group_markers(cfg: dict[str, Any], detector: str) -> list[str]:
+    """The finished-condition markers of a detector's scoring group."""
+    group = C.group_of(cfg, detector)
+    return [f"{results(cfg)}/groups/{group}/{c}.json" for c in condition_names(cfg)]
+
+
+def group_base(cfg: dict[str, Any], group: str) -> list[str]:
+    return base_model_dir(cfg, C.sharing_groups(cfg)[group][0])
+
+
 def scores(cfg: dict[str, Any]) -> list[str]:
     return [f"{c.path(cfg)}/scores.parquet" for c in C.cells(cfg)]
 

@@ -11,10 +11,11 @@ import argparse
 import contextlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
-from bilora.errors import ConfigError
+from bilora.errors import ConfigError, DataError
 from bilora.provenance import provenance
 
 log = logging.getLogger("bilora")
@@ -68,11 +69,12 @@ def cmd_build_base(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from bilora import feature_cache
     from bilora.config import digest
     from bilora.data.dataset import ImageTable, load_rows
     from bilora.data.manifest import manifest_digest
     from bilora.detectors import create_detector, resolve_device, save_detector
-    from bilora.training import CHECKPOINT, train_detector
+    from bilora.training import CHECKPOINT, augments, train_detector
 
     spec = _spec(args.spec)
     _setup(args)
@@ -83,10 +85,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     counts = det.parameter_counts()
     log.info("%s: %d images of %s; parameters %d, trainable %d", spec["detector_id"], len(rows),
              spec["train_generator"], counts["total"], counts["trainable"])
+    train_cfg = det.cfg["train"]
     dataset = ImageTable(rows, det.input_size, jpeg_quality=spec["jpeg_quality"])
-    history = train_detector(det, dataset, det.cfg["train"], spec["seed"],
-                             args.checkpoint_dir, digest([spec, data_digest], length=40),
-                             num_workers=args.num_workers, progress=not args.quiet)
+    stage, why = feature_cache.cache_point(det, det.cfg.get("feature_cache"),
+                                           augments(train_cfg))
+    loss_fn, cache_file = None, None
+    if stage is None:
+        log.info("training without a frozen-feature cache: %s", why)
+    else:
+        key = feature_cache.cache_key(det, stage, rows, spec["jpeg_quality"])
+        folder = Path(args.cache_dir) if args.cache_dir else Path(args.out).parent / "features"
+        cache_file = feature_cache.build(det, dataset, stage, folder / f"{key}.npy",
+                                         det.cfg["eval"]["batch_size"], args.num_workers,
+                                         progress=not args.quiet)
+        log.info("training from cached features: %s", why)
+        dataset = feature_cache.FeatureTable(cache_file, rows["label"].astype(int).tolist())
+
+        def loss_fn(x, labels):
+            return det.loss_from_features(x, labels, stage)
+    history = train_detector(det, dataset, train_cfg, spec["seed"], args.checkpoint_dir,
+                             digest([spec, data_digest, stage], length=40),
+                             num_workers=args.num_workers, progress=not args.quiet,
+                             loss_fn=loss_fn)
     save_detector(det, args.out, provenance(spec, data_manifest_sha1=data_digest,
                                             history=json.dumps(history)))
     # trained and saved: a later forced rerun (new code, new base) must train again, and a
@@ -94,38 +114,112 @@ def cmd_train(args: argparse.Namespace) -> int:
     (Path(args.checkpoint_dir) / CHECKPOINT).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         Path(args.checkpoint_dir).rmdir()
+    if cache_file is not None and not args.cache_dir:  # a cell's own cache served its purpose
+        shutil.rmtree(cache_file.parent, ignore_errors=True)
     return 0
 
 
-def cmd_score(args: argparse.Namespace) -> int:
-    import shutil
+def _parts(scores: str | Path) -> Path:
+    """The folder of a cell's finished conditions, beside its scores file."""
+    return Path(f"{scores}.parts")
 
+
+def _cell_fingerprint(spec: dict[str, Any], model: str | Path, rows) -> str:
+    """What a cell's finished conditions are valid for: its score spec, the trained model's
+    files and the test rows (the same in cell and group scoring)."""
     from bilora.config import digest
-    from bilora.data.dataset import load_rows
+    from bilora.data.manifest import manifest_digest
+    from bilora.model_files import model_fingerprint
+
+    return digest([spec, model_fingerprint(model), manifest_digest(rows)], 40)
+
+
+def _write_scores(scores, args: argparse.Namespace, spec: dict[str, Any], rows) -> None:
     from bilora.data.manifest import manifest_digest, write_parquet_atomic
+    from bilora.model_files import read_detector_meta
+
+    meta = read_detector_meta(args.model)
+    write_parquet_atomic(scores, args.out, provenance(
+        spec, detector=spec["detector_id"], train=args.train_generator, seed=args.seed,
+        data_manifest_sha1=manifest_digest(rows),
+        model_config_hash=meta["provenance"]["config_hash"],
+        parameters=json.dumps(meta["parameters"])))
+    log.info("%d scores written to %s", len(scores), args.out)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from bilora.data.dataset import load_rows
     from bilora.data.perturbations import conditions
-    from bilora.detectors import load_detector, model_fingerprint, read_detector_meta
+    from bilora.detectors import load_detector
     from bilora.evaluation import score_table
 
     spec = _spec(args.spec)
     _setup(args)
     rows = load_rows(args.manifest, "test", spec["test_generators"])
     det = load_detector(args.model, spec["device"])
-    meta = read_detector_meta(args.model)
-    parts = Path(f"{args.out}.parts")
+    parts = _parts(args.out)
     scores = score_table(det, rows, conditions(spec["perturbations"]), spec["seed"],
                          spec["eval"]["batch_size"], args.num_workers,
                          progress=not args.quiet, protocol=spec["protocol"],
                          jpeg_quality=spec["jpeg_quality"], parts_dir=parts,
-                         fingerprint=digest([spec, model_fingerprint(args.model),
-                                             manifest_digest(rows)], 40))
-    write_parquet_atomic(scores, args.out, provenance(
-        spec, detector=spec["detector_id"], train=args.train_generator, seed=args.seed,
-        data_manifest_sha1=manifest_digest(rows),
-        model_config_hash=meta["provenance"]["config_hash"],
-        parameters=json.dumps(meta["parameters"])))
+                         fingerprint=_cell_fingerprint(spec, args.model, rows))
+    _write_scores(scores, args, spec, rows)
     shutil.rmtree(parts, ignore_errors=True)  # the finished conditions served their purpose
-    log.info("%d scores written to %s", len(scores), args.out)
+    return 0
+
+
+def cmd_score_group(args: argparse.Namespace) -> int:
+    from bilora.atomic import write_json
+    from bilora.data.dataset import load_rows
+    from bilora.detectors import resolve_device
+    from bilora.group_scoring import AdapterGroup, score_group
+
+    spec = _spec(args.spec)
+    _setup(args)
+    rows = load_rows(args.manifest, "test", spec["test_generators"])
+    cells = [tuple(c) for c in spec["cells"]]
+    if len(cells) != len(args.models):
+        raise ConfigError(f"--models gives {len(args.models)} models for {len(cells)} cells")
+    from bilora.model_files import read_detector_meta
+
+    configs = [read_detector_meta(m)["config"] for m in args.models]
+    group = AdapterGroup(args.models, configs, resolve_device(spec["device"]))
+    parts = [(_parts(Path(m).parent / "scores.parquet"),
+              _cell_fingerprint(spec["members"][det], m, rows))
+             for (det, _, _), m in zip(cells, args.models, strict=True)]
+    kind, level = spec["condition"]
+    scored = score_group(group, rows, (kind, level), parts, spec["seed"], spec["protocol"],
+                         spec["batch_size"], args.num_workers, spec["jpeg_quality"],
+                         progress=not args.quiet)
+    log.info("%s=%s: %d adapters scored, %d reused", kind, level, sum(scored),
+             len(scored) - sum(scored))
+    write_json(args.out, {"condition": [kind, level], "cells": [
+        {"cell": list(c), "parts": str(p), "fingerprint": fp, "scored": s}
+        for c, (p, fp), s in zip(cells, parts, scored, strict=True)]})
+    return 0
+
+
+def cmd_gather_scores(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from bilora.config import condition_name
+    from bilora.data.dataset import load_rows
+    from bilora.data.perturbations import conditions
+    from bilora.evaluation import SCORE_COLUMNS, read_part
+
+    spec = _spec(args.spec)
+    rows = load_rows(args.manifest, "test", spec["test_generators"])
+    fingerprint = _cell_fingerprint(spec, args.model, rows)
+    frames = []
+    for kind, level in conditions(spec["perturbations"]):
+        name = condition_name(kind, level)
+        frame = read_part(_parts(args.out) / f"{name}.parquet", f"{fingerprint}/{name}")
+        if frame is None:
+            raise DataError(f"{_parts(args.out) / name}.parquet is missing or was scored for "
+                            f"another model or setting; rerun its group's job "
+                            f"(snakemake --forcerun score_group {args.out})")
+        frames.append(frame)
+    _write_scores(pd.concat(frames, ignore_index=True)[SCORE_COLUMNS], args, spec, rows)
     return 0
 
 
@@ -182,8 +276,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, help="model folder")
     s.add_argument("--checkpoint-dir", required=True)
     s.add_argument("--base", default=None, help="built base model folder (tiny BLIP-2)")
+    s.add_argument("--cache-dir", default=None,
+                   help="shared folder of frozen-feature caches (default: the cell's own)")
     s = step("score", cmd_score, "score a trained detector on every test set x perturbation",
              threads=True, quiet=True, workers=True)
+    s.add_argument("--model", required=True)
+    s.add_argument("--manifest", nargs="+", required=True)
+    s.add_argument("--train-generator", required=True)
+    s.add_argument("--seed", required=True, type=int, help="the cell's training seed")
+    s.add_argument("--out", required=True)
+    s = step("score-group", cmd_score_group, "score a group of Bi-LoRA adapters that share a "
+             "base under one condition, with one image pass", threads=True, quiet=True,
+             workers=True)
+    s.add_argument("--models", nargs="+", required=True, help="the group's trained models")
+    s.add_argument("--manifest", nargs="+", required=True)
+    s.add_argument("--out", required=True, help="marker of the finished condition (JSON)")
+    s = step("gather-scores", cmd_gather_scores, "a cell's scores file from the finished "
+             "conditions its group scored")
     s.add_argument("--model", required=True)
     s.add_argument("--manifest", nargs="+", required=True)
     s.add_argument("--train-generator", required=True)

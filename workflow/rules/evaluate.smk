@@ -1,5 +1,9 @@
-# Evaluation: per cell, load the model once and score every test generator under every
-# perturbation; per-image scores are kept, so a new metric needs no forward pass.
+# Evaluation: every trained model scores every test generator under every perturbation;
+# per-image scores are kept, so a new metric needs no forward pass.
+#   score_cell     one job per cell (timm, dummy, and Bi-LoRA with evaluation.sharing: cell)
+#   score_group    Bi-LoRA cells sharing a frozen base: one job per condition computes each
+#                  test image's frozen features once and runs every adapter from them
+#   gather_scores  a grouped cell's scores.parquet, in the same format as score_cell's
 
 
 rule score_cell:
@@ -9,6 +13,8 @@ rule score_cell:
         base=lambda w: W.base_model_dir(config, w.detector),
     output:
         f"{CELL}/scores.parquet",
+    wildcard_constraints:
+        detector=W.regex(W.cell_detectors(config)),
     params:
         spec=lambda w: W.json_param(C.score_spec(config, w.detector)),
     log:
@@ -23,3 +29,51 @@ rule score_cell:
         "python3 -m bilora.cli score --spec {params.spec:q} --model {input.model} --manifest {input.manifests}"
         " --train-generator {wildcards.generator} --seed {wildcards.seed} --out {output}"
         " --threads {threads} --num-workers {resources.num_workers} > {log} 2>&1"
+
+
+rule score_group:
+    input:
+        models=lambda w: W.group_models(config, w.group),
+        manifests=W.manifests_for(config, config["generators"]["test"]),
+        base=lambda w: W.group_base(config, w.group),
+    output:
+        f"{RES}/groups/{{group}}/{{condition}}.json",
+    wildcard_constraints:
+        group=W.regex(list(C.sharing_groups(config))),
+        condition=W.regex(W.condition_names(config)),
+    params:
+        spec=lambda w: W.json_param(C.group_score_spec(config, w.group, w.condition)),
+    log:
+        f"{RES}/groups/{{group}}/{{condition}}.log",
+    threads: config["threads"]
+    resources:
+        gpu=W.gpu(config),
+        num_workers=config["data"]["num_workers"],
+    conda:
+        ENV
+    shell:
+        "python3 -m bilora.cli score-group --spec {params.spec:q} --models {input.models}"
+        " --manifest {input.manifests} --out {output} --threads {threads}"
+        " --num-workers {resources.num_workers} > {log} 2>&1"
+
+
+rule gather_scores:
+    input:
+        model=f"{CELL}/model",
+        manifests=W.manifests_for(config, config["generators"]["test"]),
+        conditions=lambda w: W.group_markers(config, w.detector),
+    output:
+        f"{CELL}/scores.parquet",
+    wildcard_constraints:
+        detector=W.regex(W.group_detectors(config)),
+    params:
+        spec=lambda w: W.json_param(C.score_spec(config, w.detector)),
+    log:
+        f"{CELL}/score.log",
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "python3 -m bilora.cli gather-scores --spec {params.spec:q} --model {input.model}"
+        " --manifest {input.manifests} --train-generator {wildcards.generator}"
+        " --seed {wildcards.seed} --out {output} > {log} 2>&1"
