@@ -53,6 +53,8 @@ class TimmDetector(Detector):
 
         # timm edits some kwargs in place (xception's block_cfg): keep the config pristine
         kwargs = copy.deepcopy(cfg["model_kwargs"])
+        if pretrained and cfg["pretrained_file"]:  # a local copy: no network, no cache
+            kwargs["pretrained_cfg_overlay"] = {"file": cfg["pretrained_file"]}
         return timm.create_model(cfg["model_name"], pretrained=pretrained, num_classes=2,
                                  **kwargs)
 

@@ -1,18 +1,37 @@
-"""Pretrained artifacts (a BLIP-2 checkpoint, timm weights): where they come from.
+"""Pretrained artifacts (a BLIP-2 checkpoint, timm ImageNet weights): where they come from.
 
-Torch-free: the Snakefile calls :func:`check_bilora_base` when the DAG is built.
+Every pretrained artifact a config needs comes from one of three places:
+
+1. a local folder or file named in the config (``base_model.name_or_path`` a folder saved
+   with ``save_pretrained``; a timm detector's ``pretrained_file``);
+2. the caches as their libraries lay them out: Hugging Face's hub cache (``HF_HOME``,
+   ``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` respected) for BLIP-2 and for timm weights hosted
+   on the hub, torch's hub cache (``TORCH_HOME``) for timm weights behind a URL;
+3. the network, when allowed: ``bilora prefetch`` on a machine with network (a cluster's
+   login node) fills those caches.
+
+Compute nodes are often offline: the workflow's ``prefetch_models`` rule runs before any
+training job and, offline, only checks that every artifact is present and loadable,
+failing in seconds with the artifact's name and the command that fetches it.
+
+:func:`check_bilora_base` is torch-free: the Snakefile calls it when the DAG is built.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bilora.errors import ConfigError
+from bilora.errors import ArtifactError, ConfigError
 
 #: A Hugging Face hub repository id: ``name`` or ``org/name``.
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: Files of a BLIP-2 checkpoint a prefetch takes (weights, configs, tokenizer, processor).
+BLIP2_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "merges.txt", "vocab.json"]
 
 
 def looks_like_path(name: str) -> bool:
@@ -34,3 +53,191 @@ def check_bilora_base(section: dict[str, Any], key: str) -> None:
                               f"checkpoint (no config.json there)")
     elif not HUB_ID.match(name):
         raise ConfigError(f"{where}: {name!r} is neither a hub id (org/name) nor a local folder")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One pretrained artifact a config needs."""
+
+    kind: str  # "blip2" | "timm"
+    name: str  # hub id, folder, or timm model name
+    key: str  # the config key that asks for it
+    file: str | None = None  # a local weights file (timm's pretrained_file)
+
+
+def needed(detectors: dict[str, dict[str, Any]]) -> list[Artifact]:
+    """The pretrained artifacts of a run's detectors (each once, in config order)."""
+    out: dict[tuple, Artifact] = {}
+    for det, s in detectors.items():
+        if s["kind"] == "bilora" and s["base_model"]["source"] == "pretrained":
+            a = Artifact("blip2", s["base_model"]["name_or_path"],
+                         f"detectors.{det}.base_model.name_or_path")
+        elif s["kind"] == "timm" and s["pretrained"]:
+            a = Artifact("timm", s["model_name"], f"detectors.{det}.pretrained_file",
+                         s["pretrained_file"])
+        else:
+            continue
+        out.setdefault((a.kind, a.name, a.file), a)
+    return list(out.values())
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _size(paths: list[Path]) -> int:
+    return sum(p.stat().st_size for p in paths if p.is_file())
+
+
+# -- BLIP-2 -----------------------------------------------------------------------------
+
+def _blip2_files(folder: Path) -> list[Path]:
+    """The files a BLIP-2 checkpoint folder must hold; ArtifactError names what is missing."""
+    from transformers import Blip2Config
+
+    if not (folder / "config.json").is_file():
+        raise ArtifactError(f"{folder}: no config.json")
+    Blip2Config.from_pretrained(folder)  # parses: the checkpoint is loadable
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weights = [folder / s for s in shards]
+    else:
+        weights = [folder / "model.safetensors"]
+    missing = [w.name for w in weights if not w.is_file()]
+    if missing:
+        raise ArtifactError(f"{folder}: weight files missing: {', '.join(missing[:5])}")
+    processor = [folder / n for n in ("preprocessor_config.json", "processor_config.json")]
+    if not any(p.is_file() for p in processor):
+        raise ArtifactError(f"{folder}: no preprocessor_config.json (the image processor)")
+    return [folder / "config.json", *weights]
+
+
+def _blip2_local(a: Artifact) -> Path | None:
+    if looks_like_path(a.name):
+        return Path(a.name).expanduser()
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(a.name, local_files_only=True,
+                                      allow_patterns=BLIP2_PATTERNS))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+
+
+def _blip2_fetch(a: Artifact) -> Path:
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(a.name, allow_patterns=BLIP2_PATTERNS))
+
+
+# -- timm ---------------------------------------------------------------------------------
+
+def _timm_source(name: str) -> tuple[str, str, str]:
+    """(where, id, file name) of timm's default weights: ``hf`` (hub id, file) or ``url``."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        raise ArtifactError(f"timm knows no pretrained weights for {name!r}")
+    cfg = cfg.to_dict()
+    if cfg.get("hf_hub_id"):
+        return "hf", cfg["hf_hub_id"], cfg.get("hf_hub_filename") or ""
+    if cfg.get("url"):
+        return "url", cfg["url"], os.path.basename(cfg["url"])
+    raise ArtifactError(f"timm's pretrained config of {name!r} names no hub id and no URL")
+
+
+def _timm_local(a: Artifact) -> Path | None:
+    if a.file:
+        return Path(a.file).expanduser()
+    where, ident, filename = _timm_source(a.name)
+    if where == "hf":
+        from huggingface_hub import try_to_load_from_cache
+
+        for f in ([filename] if filename else ["model.safetensors", "pytorch_model.bin"]):
+            hit = try_to_load_from_cache(ident, f)
+            if isinstance(hit, str):
+                return Path(hit)
+        return None
+    import torch.hub
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    return path if path.is_file() else None
+
+
+def _timm_check(path: Path) -> list[Path]:
+    from timm.models import load_state_dict
+
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such weights file")
+    try:
+        state = load_state_dict(str(path))
+    except Exception as exc:  # noqa: BLE001 - any failure to load is the message
+        raise ArtifactError(f"{path}: not loadable weights ({type(exc).__name__}: {exc})") from exc
+    if not state:
+        raise ArtifactError(f"{path}: an empty state dict")
+    return [path]
+
+
+def _timm_fetch(a: Artifact) -> Path:
+    where, ident, filename = _timm_source(a.name)
+    if where == "hf":
+        from huggingface_hub import hf_hub_download
+
+        for f in ([filename] if filename else ["model.safetensors", "pytorch_model.bin"]):
+            try:
+                return Path(hf_hub_download(ident, f))
+            except Exception:  # noqa: BLE001 - try the next file name timm would try
+                continue
+        raise ArtifactError(f"could not fetch {a.name}'s weights from the hub ({ident})")
+    from timm.models import download_cached_file
+
+    return Path(download_cached_file(ident, progress=True))
+
+
+# -- both -------------------------------------------------------------------------------------
+
+def fetch_command(configfile: str | None) -> str:
+    return "bilora prefetch" + (f" --configfile {configfile}" if configfile else "")
+
+
+def resolve(a: Artifact, allow_network: bool, configfile: str | None = None
+            ) -> dict[str, Any]:
+    """Find (or, with network, fetch) one artifact and check it is loadable. Returns what
+    was found: path, bytes, and whether it was fetched now. ArtifactError names the
+    artifact, its config key and the command that fetches it."""
+    local = _blip2_local(a) if a.kind == "blip2" else _timm_local(a)
+    fetched = False
+    if local is None or not local.exists():
+        if a.file or (a.kind == "blip2" and looks_like_path(a.name)):
+            raise ArtifactError(f"{a.key}: {local or a.name} does not exist")
+        if not allow_network:
+            raise ArtifactError(
+                f"{a.kind} artifact {a.name!r} ({a.key}) is not in the local caches and the "
+                f"network is off (HF_HUB_OFFLINE=1 or --check): run `{fetch_command(configfile)}`"
+                f" on a machine with network, or name a local copy in {a.key}")
+        local = _blip2_fetch(a) if a.kind == "blip2" else _timm_fetch(a)
+        fetched = True
+    try:
+        files = _blip2_files(local) if a.kind == "blip2" else _timm_check(local)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{a.kind} artifact {a.name!r} ({a.key}): {exc}") from None
+    return {**asdict(a), "path": str(local), "bytes": _size(files), "fetched": fetched}
+
+
+def prefetch(artifacts: list[Artifact], check_only: bool = False,
+             configfile: str | None = None) -> list[dict[str, Any]]:
+    """Resolve every artifact; offline (``HF_HUB_OFFLINE=1``) or with ``check_only``, only
+    check that each is present and loadable."""
+    allow = not (check_only or _offline())
+    found, problems = [], []
+    for a in artifacts:
+        try:
+            found.append(resolve(a, allow, configfile))
+        except ArtifactError as exc:
+            problems.append(str(exc))
+    if problems:  # every missing artifact at once, not one per run
+        raise ArtifactError("; ".join(problems))
+    return found

@@ -23,12 +23,11 @@ import torch
 from bilora.config import condition_name
 from bilora.data.dataset import ImageTable, Perturbation
 from bilora.data.perturbations import parse_level
+from bilora.score_parts import NO_TOKEN, SCORE_COLUMNS, join_scores, read_part, write_part
+
+__all__ = ["NO_TOKEN", "SCORE_COLUMNS", "predict", "read_part", "score_table"]
 
 log = logging.getLogger("bilora.evaluation")
-SCORE_COLUMNS = ["image", "sha1", "generator", "label", "perturbation", "level", "p_fake",
-                 "token"]
-NO_TOKEN = -1  # detectors without a caption word (and Bi-LoRA when not asked)
-_FINGERPRINT = b"bilora_part_fingerprint"
 
 
 def progress_bar(iterable, desc: str, progress: bool, total: int | None = None):
@@ -65,40 +64,6 @@ def predict(detector, dataset: torch.utils.data.Dataset, batch_size: int, num_wo
     if not p_out:
         return torch.empty(0), torch.empty(0, dtype=torch.int32)
     return torch.cat(p_out), torch.cat(t_out)
-
-
-def read_part(path: Path, fingerprint: str) -> pd.DataFrame | None:
-    """A finished condition's scores if ``path`` holds them for ``fingerprint``."""
-    import pyarrow.parquet as pq
-
-    if not path.exists():
-        return None
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except Exception:  # noqa: BLE001 - an unreadable part is rescored, never trusted
-        return None
-    if meta.get(_FINGERPRINT, b"").decode() != fingerprint:
-        return None
-    return pd.read_parquet(path)
-
-
-def write_part(frame: pd.DataFrame, path: Path, fingerprint: str) -> None:
-    """Write one condition's scores atomically, tagged with its fingerprint."""
-    from bilora.data.manifest import write_parquet_atomic
-
-    write_parquet_atomic(frame, path, {_FINGERPRINT.decode(): fingerprint})
-
-
-def join_scores(rows: pd.DataFrame, unique: pd.DataFrame, p_fake, token, kind: str,
-                level: str) -> pd.DataFrame:
-    """Per-row scores of one condition from the scores of the unique images."""
-    scored = pd.DataFrame({"abspath": unique["abspath"].to_numpy(), "p_fake": p_fake,
-                           "token": token})
-    merged = rows.merge(scored, on="abspath", how="left", validate="many_to_one")
-    return pd.DataFrame({
-        "image": merged["path"], "sha1": merged["sha1"], "generator": merged["generator"],
-        "label": merged["label"].astype("int8"), "perturbation": kind, "level": level,
-        "p_fake": merged["p_fake"].astype("float32"), "token": merged["token"].astype("int32")})
 
 
 def unique_images(rows: pd.DataFrame) -> pd.DataFrame:

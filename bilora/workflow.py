@@ -54,6 +54,20 @@ def cell(cfg: dict[str, Any], detector: str, generator: str, seed: int | str) ->
     return C.Cell(detector, generator, int(seed)).path(cfg)
 
 
+def artifacts(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pretrained artifacts the run needs (as the prefetch rule's params)."""
+    from dataclasses import asdict
+
+    from bilora.artifacts import needed
+
+    return [asdict(a) for a in needed(C.detectors(cfg))]
+
+
+def prefetch_marker(cfg: dict[str, Any]) -> list[str]:
+    """What a training job waits for: the checked artifacts, when the run needs any."""
+    return [f"{results(cfg)}/prefetch.json"] if artifacts(cfg) else []
+
+
 def check_models(cfg: dict[str, Any]) -> None:
     """Each detector kind's model-name check, when the DAG is built (ConfigError names the key)."""
     from bilora.registry import check_models as check

@@ -51,6 +51,29 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prefetch(args: argparse.Namespace) -> int:
+    import json
+
+    from bilora import artifacts
+    from bilora import config as C
+
+    if args.spec:
+        wanted = [artifacts.Artifact(**a) for a in json.loads(args.spec)]
+    else:
+        wanted = artifacts.needed(C.detectors(C.load(args.configfile)))
+    found = artifacts.prefetch(wanted, check_only=args.check, configfile=args.configfile)
+    for f in found:
+        how = "fetched" if f["fetched"] else "present"
+        print(f"{how:8s} {f['kind']:6s} {f['name']}  {f['bytes'] / 2**20:,.1f} MiB  {f['path']}")
+    if not found:
+        print("no pretrained artifacts needed")
+    if args.out:
+        from bilora.atomic import write_json
+
+        write_json(args.out, found)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the config-level commands to the ``bilora`` parser."""
     for name, fn, help in (("ls", cmd_ls, "show detectors, kinds, generators, datasets"),
@@ -62,3 +85,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--configfile", default=None)
     s.add_argument("--detector", required=True)
     s.set_defaults(func=cmd_describe, job=False)
+    s = sub.add_parser("prefetch", help="fetch (or, offline, check) every pretrained artifact "
+                       "a config needs: BLIP-2 checkpoint, timm weights")
+    s.add_argument("--configfile", default=None)
+    s.add_argument("--spec", default=None, help="the artifacts as JSON (what the rule passes)")
+    s.add_argument("--check", action="store_true",
+                   help="only check they are present and loadable (as HF_HUB_OFFLINE=1 does)")
+    s.add_argument("--out", default=None, help="write what was found as JSON")
+    s.set_defaults(func=cmd_prefetch)

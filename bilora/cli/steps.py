@@ -203,9 +203,9 @@ def cmd_gather_scores(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from bilora.config import condition_name
-    from bilora.data.dataset import load_rows
+    from bilora.data.manifest import load_rows
     from bilora.data.perturbations import conditions
-    from bilora.evaluation import SCORE_COLUMNS, read_part
+    from bilora.score_parts import SCORE_COLUMNS, read_part
 
     spec = _spec(args.spec)
     rows = load_rows(args.manifest, "test", spec["test_generators"])

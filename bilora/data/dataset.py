@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,8 +19,10 @@ import torch
 from PIL import Image
 
 from bilora.data.images import open_rgb
-from bilora.data.manifest import read_manifest, resolve_path
+from bilora.data.manifest import load_rows
 from bilora.errors import DataError
+
+__all__ = ["ImageChanged", "ImageTable", "Perturbation", "load_rows", "read_checked"]
 
 
 class ImageChanged(DataError):
@@ -36,28 +36,6 @@ class Perturbation(NamedTuple):
     level: object
     seed: int
     protocol: str = "corrected"
-
-
-def load_rows(manifests: Sequence[str | os.PathLike], split: str,
-              generators: Sequence[str]) -> pd.DataFrame:
-    """Rows of ``split`` for ``generators`` from several manifests, with absolute paths
-    (``abspath``) and the manifest each row comes from (``manifest``).
-
-    Fails naming the generators that no manifest holds.
-    """
-    frames = []
-    for m in manifests:
-        df = read_manifest(m)
-        df = df[(df["split"] == split) & df["generator"].isin(list(generators))].copy()
-        df["abspath"] = [str(resolve_path(Path(m).parent, p)) for p in df["path"]]
-        df["manifest"] = str(m)
-        frames.append(df)
-    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    missing = sorted(set(generators) - set(rows.get("generator", [])))
-    if missing:
-        raise KeyError(f"no {split} images for generator(s) {missing} in manifests "
-                       f"{[str(m) for m in manifests]}")
-    return rows
 
 
 def read_checked(path: str, sha1: str, manifest: str) -> bytes:

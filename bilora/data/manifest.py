@@ -249,3 +249,25 @@ def manifest_digest(df: pd.DataFrame) -> str:
     keys = sorted(f"{r.path}\t{r.label}\t{r.generator}\t{r.split}\t{r.sha1}"
                   for r in df.itertuples())
     return hashlib.sha1("\n".join(keys).encode()).hexdigest()
+
+
+def load_rows(manifests: Sequence[str | os.PathLike], split: str,
+              generators: Sequence[str]) -> pd.DataFrame:
+    """Rows of ``split`` for ``generators`` from several manifests, with absolute paths
+    (``abspath``) and the manifest each row comes from (``manifest``).
+
+    Fails naming the generators that no manifest holds.
+    """
+    frames = []
+    for m in manifests:
+        df = read_manifest(m)
+        df = df[(df["split"] == split) & df["generator"].isin(list(generators))].copy()
+        df["abspath"] = [str(resolve_path(Path(m).parent, p)) for p in df["path"]]
+        df["manifest"] = str(m)
+        frames.append(df)
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    missing = sorted(set(generators) - set(rows.get("generator", [])))
+    if missing:
+        raise KeyError(f"no {split} images for generator(s) {missing} in manifests "
+                       f"{[str(m) for m in manifests]}")
+    return rows

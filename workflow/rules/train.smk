@@ -17,10 +17,25 @@ rule build_base_model:
         "python3 -m bilora.cli build-base --spec {params.spec:q} --out {output} --threads {threads} > {log} 2>&1"
 
 
+rule prefetch_models:
+    output:
+        f"{RES}/prefetch.json",
+    params:
+        spec=W.json_param(W.artifacts(config)),
+    log:
+        f"{RES}/logs/prefetch_models.log",
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "python3 -m bilora.cli prefetch --spec {params.spec:q} --out {output} > {log} 2>&1"
+
+
 rule train_detector:
     input:
         manifests=lambda w: W.manifests_for(config, [w.generator]),
         base=lambda w: W.base_model_dir(config, w.detector),
+        artifacts=W.prefetch_marker(config),
     output:
         model=directory(f"{CELL}/model"),
     params:
