@@ -248,28 +248,32 @@ def image_sets(groups: np.ndarray, mask: np.ndarray, sha1: pd.Categorical
     values, sorted, one per line; "" for a group without such rows or with one whose
     ``sha1`` is empty. The order lists the masked rows group by group (codes 0..G-1),
     each group's by ``sha1``, so the groups of one identity list their images alike.
+    Groups that list the same images in the same order (one file's conditions) are
+    sorted and hashed once.
     """
     g = np.asarray(groups, dtype=np.int64)
     G = int(g.max()) + 1 if len(g) else 0
     rows = np.flatnonzero(np.asarray(mask).astype(bool))
+    gr = g[rows]
+    order = rows[np.argsort(gr.astype(np.uint16) if G <= 65536 else gr, kind="stable")]
+    codes = np.asarray(sha1.codes)[order]
     names = np.asarray(sha1.categories.astype(str), dtype=object)
-    lexical = np.argsort(names, kind="stable")
-    rank = np.empty(len(names) + 1, np.int64)  # code -1 (no sha1) ranks last
-    rank[lexical] = np.arange(len(names))
-    rank[-1] = len(names)
-    r = rank[np.asarray(sha1.codes)[rows]]
-    order = np.argsort(g[rows] * (len(names) + 1) + r)  # duplicates: same bytes, alike
-    r, order = r[order], rows[order]
-    stop = np.cumsum(np.bincount(g[order], minlength=G))
+    stop = np.cumsum(np.bincount(gr, minlength=G))
     out, seen = np.full(G, "", dtype=object), {}
     for i in range(G):
-        ranks = r[stop[i - 1] if i else 0:stop[i]]
-        if len(ranks) and ranks[-1] < len(names):
-            fp = hashlib.blake2b(ranks.tobytes()).digest()  # same file: same ranks
-            if fp not in seen:
-                text = "\n".join(names[lexical[ranks]]).encode()
-                seen[fp] = hashlib.sha256(text).hexdigest()[:16]
-            out[i] = seen[fp]
+        a, b = (stop[i - 1] if i else 0), stop[i]
+        if a == b:
+            continue
+        fp = hashlib.blake2b(codes[a:b].tobytes()).digest()
+        if fp not in seen:
+            c = codes[a:b]
+            named = np.flatnonzero(c >= 0)
+            perm = np.r_[named[np.argsort(names[c[named]], kind="stable")],
+                         np.flatnonzero(c < 0)].astype(np.int64)
+            text = "\n".join(names[c[perm]]).encode() if len(named) == len(c) else None
+            seen[fp] = (hashlib.sha256(text).hexdigest()[:16] if text else "", perm)
+        out[i], perm = seen[fp]
+        order[a:b] = order[a:b][perm]
     return out, order
 
 

@@ -331,17 +331,21 @@ def _shared_reals_file(path, tests, rng, shared=True, conditions=(("none", "-"),
 
 
 def test_real_set_names_the_sorted_sha1s():
-    df = pd.DataFrame({"generator": list("AAAABBBBCCCD"), "perturbation": "none", "level": "-",
-                       "label": [1, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 1],
+    df = pd.DataFrame({"generator": list("AAAABBBBCCCDDEE"), "perturbation": "none",
+                       "level": "-", "label": [1, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 1, 1, 1, 0],
                        "sha1": ["f1", "r2", "r1", "r3", "r3", "f2", "r2", "r1", "f3", "r1", "r9",
-                                "f4"],
-                       "p_fake": np.linspace(0, 1, 12)})
+                                "f5", "f4", None, "r1"],
+                       "p_fake": np.linspace(0, 1, 15)})
     t = metrics_table(df).set_index("test")
     import hashlib
     assert t.loc["A", "real_set"] == hashlib.sha256(b"r1\nr2\nr3").hexdigest()[:16]
     assert t.loc["B", "real_set"] == t.loc["A", "real_set"]  # same images, other order
     assert t.loc["C", "real_set"] not in ("", t.loc["A", "real_set"])
     assert t.loc["D", "real_set"] == ""  # no reals
+    # fake_set alike: D's fakes sorted; a fake without its sha1 leaves E's unnamed
+    assert t.loc["D", "fake_set"] == hashlib.sha256(b"f4\nf5").hexdigest()[:16]
+    assert t.loc["A", "fake_set"] == hashlib.sha256(b"f1").hexdigest()[:16]
+    assert t.loc["E", "fake_set"] == "" and t.loc["E", "real_set"] != ""
 
 
 def test_tn_draws_are_shared_by_sets_with_the_same_reals(tmp_path):
