@@ -7,9 +7,10 @@ strings, int8 labels, float32 scores; one detector gives hard 0/1 scores, one ha
 unlabelled images). Then runs ``run_metrics`` in a child process, samples its resident
 memory every 0.05 s, and prints rows, files, seconds to write, seconds (wall and CPU) for
 the metrics, peak RSS, groups, resamples and the sizes of its outputs. A second child
-times what a report does with them: ``load_draws`` and ``mean_interval`` of auc and accuracy for the
-mean over each cell's test sets (per detector, train, condition) and over each
-detector's train x test matrix (per detector, condition). Usage:
+times what a report does with them: ``load_draws`` and ``mean_interval`` of auc and accuracy
+for the mean over each cell's test sets (per detector, train, condition), over each
+detector's train x test matrix (per detector, condition: 7 cells on the same images) and
+over every cell (per condition: 21 cells). Usage:
 
     python benchmarks/metrics_scale.py [--scale 1.0] [--resamples 1000] [--keep DIR]
 """
@@ -121,7 +122,8 @@ def run_means(folder: Path) -> int:
     draws = load_draws(folder / "bootstrap.npz")
     out = {"load_seconds": time.perf_counter() - t}
     for name, by in (("cell", ["detector", "train", "seed", "perturbation", "level"]),
-                     ("matrix", ["detector", "perturbation", "level"])):
+                     ("matrix", ["detector", "perturbation", "level"]),
+                     ("all", ["perturbation", "level"])):
         rows = np.stack([np.asarray(r) for r in table.groupby(by, sort=False).indices.values()])
         for metric in ("auc", "accuracy"):
             t = time.perf_counter()
@@ -183,7 +185,8 @@ def main() -> int:
             print(f"{name:<18}{(folder / name).stat().st_size / 2**20:,.1f} MiB")
         print(f"report: load      {means['load_seconds']:.1f} s, peak RSS "
               f"{means_peak / 2**30:.2f} GiB")
-        for key in ("cell_auc", "cell_accuracy", "matrix_auc", "matrix_accuracy"):
+        for key in ("cell_auc", "cell_accuracy", "matrix_auc", "matrix_accuracy", "all_auc",
+                    "all_accuracy"):
             n, k, sec = means[key]
             print(f"report: {key:<16}{n} means of {k} groups in {sec:.2f} s")
     finally:

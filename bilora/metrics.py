@@ -29,32 +29,50 @@ over the draws. For ``auc`` the interval is DeLong's normal interval, auc +- z s
 clipped to [0, 1], with ``auc_var`` from the fast midrank algorithm of Sun & Xu (2014);
 ``auc_var_fake`` is its fake-side term S10 / n_fake.
 
-Shared reals. The test sets of one cell (detector, train, seed) under one condition
-(perturbation, level) are usually scored against the same real images (Ricker et al.'s
-10k LSUN reals, scored once per condition). ``real_set`` names a group's real images: the
-first 16 hex digits of the SHA-256 of their ``sha1`` values, sorted, one per line ("" when
-it has none). Groups with the same (cell, condition, real set) form a *share*, and a
-resample draws those reals once for all of them:
+Shared images. Groups are not independent samples when they score the same images:
+the test sets of one cell (detector, train, seed) are usually scored against the same
+real images (Ricker et al.'s 10k LSUN reals), and every cell (other detectors, training
+generators, training seeds) scores the same test images. ``real_set`` and ``fake_set``
+name a group's real and fake images: the first 16 hex digits of the SHA-256 of their
+``sha1`` values, sorted, one per line ("" when it has none, or, for ``fake_set``, when a
+fake lacks its sha1). A *block* is one such set of images under one condition
+(perturbation, level); blocks of different images are independent samples, and so is a
+group's block of fakes from its block of reals (stratified resampling).
 
-- ``tn*`` is the inverse binomial CDF of one set of uniforms per share, so groups of a
-  share with equal tn (the usual case) get identical tn* draws, and draws with unequal tn
-  are comonotone. ``tp*`` stays per group (every test set has its own fakes).
-- ``mean_interval(..., "auc")`` adds the covariance through the shared reals: over the
-  k groups of a mean, var = (1/k^2) sum over shares of [sum of auc_var_fake +
-  var_j(sum of V01(j)) / n_real], V01(j) being real image j's placement value (the share
-  of that group's fakes scored above it, ties half) aligned by image. For a share of one
-  group this is its auc_var. ``bootstrap.npz`` keeps V01 of every group whose share has
-  two or more groups.
+- Counts: tp* is the inverse Binomial CDF of one set of uniforms per block of fakes,
+  seeded by (seed, fake_set, perturbation, level), tn* likewise per block of reals; no
+  detector, train or training seed enters. Every group keeps its own binomial marginal,
+  so its own interval is that of stratified row resampling. Groups of one block draw
+  comonotone counts (identical for equal counts: the test sets of a cell sharing reals,
+  or cells that agree), which gives the sum the largest variance possible for its
+  marginals.
+- ``auc``: ``mean_interval`` sums the variance of the sum over independent blocks. A
+  block of reals contributes var_j(sum over its groups of V01(j)) / n_real, V01(j)
+  being real image j's placement value (the share of that group's fakes scored above
+  it, ties half) aligned by image, plus, as perfectly correlated, the sd of any group
+  without stored V01; a block of fakes contributes (sum over its groups of
+  sqrt(auc_var_fake))^2 (V10 are not stored, so perfect correlation is assumed). A
+  group alone in both its blocks contributes its auc_var. ``bootstrap.npz`` keeps V01
+  of every group whose share (same cell, condition and real set) has two or more groups.
 
-Groups with different real sets, of different conditions or of different cells count as
-independent. The last two are a simplification: other conditions are perturbed copies of
-the same images, and other cells (training generators, seeds) are other models scored on
-the same images, so their errors correlate through those images and an interval of a
-mean across conditions or cells is too narrow for the test-image sampling. Nor does it
-cover the seed-to-seed spread of training, which the report shows apart.
+So the interval of a mean over groups is:
 
-Every draw comes from a generator seeded by (seed, group key) for tp* and by (seed,
-share) for tn*, so a group's draws do not depend on which other groups are in the run.
+- exact (up to Monte Carlo error and DeLong's approximation) within one cell and
+  condition: tn* identical across the test sets that share reals, tp* independent across
+  test sets (other fakes); for ``auc`` the shared reals' covariance through V01.
+- conservative across cells on the same images (the mean over training seeds of a
+  matrix cell, a detector's mean over its matrix, a robustness mean over detectors,
+  cells and test sets): counts comonotone, ``auc`` with the fakes' parts perfectly
+  correlated (its reals' part is exact where V01 is stored, as it is whenever a cell's
+  test sets share reals). An upper bound, not too narrow; tight when the cells' errors
+  fall on the same images.
+- independent where the images differ: other real sets, other fake sets, and other
+  conditions (perturbed copies of the same images: correlated, not covered; the report
+  never averages across conditions). Nor does any interval cover the seed-to-seed spread
+  of training, which the report shows apart.
+
+Every draw comes from a generator seeded by (seed, block), so a group's draws do not
+depend on which other groups are in the run.
 """
 
 from __future__ import annotations
@@ -68,7 +86,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special, stats
 
 from bilora.atomic import atomic_path, derive_seed
 from bilora.errors import DataError
@@ -222,36 +240,53 @@ def group_metrics(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray,
     return out
 
 
-def real_sets(groups: np.ndarray, labels: np.ndarray, sha1: pd.Categorical
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """(``real_set`` of every group, the real rows in canonical order).
+def image_sets(groups: np.ndarray, mask: np.ndarray, sha1: pd.Categorical
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(identity of every group's images at ``mask``, those rows in canonical order).
 
-    ``real_set``: the first 16 hex digits of the SHA-256 of the group's real images'
-    ``sha1`` values, sorted, one per line ("" for a group without reals). The order lists
-    the real rows group by group (codes 0..G-1), each group's by ``sha1``, so the groups
-    of one real set list their images alike.
+    The identity is the first 16 hex digits of the SHA-256 of the images' ``sha1``
+    values, sorted, one per line; "" for a group without such rows or with one whose
+    ``sha1`` is empty. The order lists the masked rows group by group (codes 0..G-1),
+    each group's by ``sha1``, so the groups of one identity list their images alike.
+    Groups that list the same images in the same order (one file's conditions) are
+    sorted and hashed once.
     """
     g = np.asarray(groups, dtype=np.int64)
     G = int(g.max()) + 1 if len(g) else 0
-    real = np.flatnonzero(~np.asarray(labels).astype(bool))
+    rows = np.flatnonzero(np.asarray(mask).astype(bool))
+    gr = g[rows]
+    order = rows[np.argsort(gr.astype(np.uint16) if G <= 65536 else gr, kind="stable")]
+    codes = np.asarray(sha1.codes)[order]
     names = np.asarray(sha1.categories.astype(str), dtype=object)
-    lexical = np.argsort(names, kind="stable")
-    rank = np.empty(len(names), np.int64)
-    rank[lexical] = np.arange(len(names))
-    r = rank[np.asarray(sha1.codes)[real]]
-    order = np.argsort(g[real] * max(len(names), 1) + r)  # duplicates: same bytes, alike
-    r, order = r[order], real[order]
-    stop = np.cumsum(np.bincount(g[order], minlength=G))
+    stop = np.cumsum(np.bincount(gr, minlength=G))
     out, seen = np.full(G, "", dtype=object), {}
     for i in range(G):
-        ranks = r[stop[i - 1] if i else 0:stop[i]]
-        if len(ranks):
-            fp = hashlib.blake2b(ranks.tobytes()).digest()  # same file: same ranks
-            if fp not in seen:
-                text = "\n".join(names[lexical[ranks]]).encode()
-                seen[fp] = hashlib.sha256(text).hexdigest()[:16]
-            out[i] = seen[fp]
+        a, b = (stop[i - 1] if i else 0), stop[i]
+        if a == b:
+            continue
+        fp = hashlib.blake2b(codes[a:b].tobytes()).digest()
+        if fp not in seen:
+            c = codes[a:b]
+            named = np.flatnonzero(c >= 0)
+            perm = np.r_[named[np.argsort(names[c[named]], kind="stable")],
+                         np.flatnonzero(c < 0)].astype(np.int64)
+            text = "\n".join(names[c[perm]]).encode() if len(named) == len(c) else None
+            seen[fp] = (hashlib.sha256(text).hexdigest()[:16] if text else "", perm)
+        out[i], perm = seen[fp]
+        order[a:b] = order[a:b][perm]
     return out, order
+
+
+def real_sets(groups: np.ndarray, labels: np.ndarray, sha1: pd.Categorical
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(``real_set`` of every group, the real rows in canonical order): ``image_sets``
+    of the reals."""
+    return image_sets(groups, ~np.asarray(labels).astype(bool), sha1)
+
+
+def fake_sets(groups: np.ndarray, labels: np.ndarray, sha1: pd.Categorical) -> np.ndarray:
+    """``fake_set`` of every group: ``image_sets`` of the fakes ("" if one lacks a sha1)."""
+    return image_sets(groups, np.asarray(labels).astype(bool), sha1)[0]
 
 
 def compute(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
@@ -268,7 +303,7 @@ def metrics_table(scores: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
 
     ``scores`` has ``generator`` (the test set), ``perturbation``, ``level``, ``label``,
     ``p_fake`` and whichever of ``detector``, ``train``, ``seed`` it groups by; with a
-    ``sha1`` column the table also has ``real_set``.
+    ``sha1`` column the table also has ``real_set`` and ``fake_set``.
     """
     df = scores.rename(columns={"generator": "test"})
     keys = [k for k in KEYS if k in df.columns]
@@ -282,6 +317,7 @@ def metrics_table(scores: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
         if (np.asarray(sha1.codes)[df["label"].to_numpy() == 0] < 0).any():
             raise ValueError("scores: real rows with an empty 'sha1'")
         table["real_set"] = real_sets(codes, df["label"].to_numpy(), sha1)[0]
+        table["fake_set"] = fake_sets(codes, df["label"].to_numpy(), sha1)
     return table
 
 
@@ -329,10 +365,11 @@ def file_metrics(path: str | os.PathLike, threshold: float = 0.5
                  ) -> tuple[dict[str, str], pd.DataFrame, np.ndarray, np.ndarray]:
     """(metadata, point-metrics table, V01, V01 lengths) of one score file.
 
-    The table's groups are in order of appearance and carry ``real_set``. V01 (uint16,
-    ``V01_SCALE`` = 1) concatenates, in table order, each group's placement values in
-    canonical real order (``real_sets``) for groups whose share (condition and real set)
-    holds two or more groups with fakes and reals; the other groups have length 0.
+    The table's groups are in order of appearance and carry ``real_set`` and
+    ``fake_set``. V01 (uint16, ``V01_SCALE`` = 1) concatenates, in table order, each
+    group's placement values in canonical real order (``real_sets``) for groups whose
+    share (condition and real set) holds two or more groups with fakes and reals; the
+    other groups have length 0.
     """
     meta, df = read_scores(path)
     try:
@@ -350,13 +387,15 @@ def file_metrics(path: str | os.PathLike, threshold: float = 0.5
     m = group_metrics(dense, labels, df["p_fake"].to_numpy(), threshold)
     first = m.pop("first")
     real_set, real_order = real_sets(dense, labels, df["sha1"].array)
+    fake_set = fake_sets(dense, labels, df["sha1"].array)
     v01 = np.rint(m.pop("v01")[real_order] * V01_SCALE)
     del df
     table = pd.DataFrame({"detector": meta["detector"], "train": meta["train"], "seed": seed,
                           **{k: np.asarray(c.categories.astype(str))[c.codes.to_numpy()[first]]
                              for k, c in zip(["test", "perturbation", "level"], cats,
                                              strict=True)},
-                          **{k: m[k] for k in POINT_COLUMNS}, "real_set": real_set},
+                          **{k: m[k] for k in POINT_COLUMNS}, "real_set": real_set,
+                          "fake_set": fake_set},
                          index=range(len(first)))
     # keep V01 of groups whose share holds two or more groups with an AUC
     n_real = table["n_real"].to_numpy()
@@ -379,15 +418,16 @@ def _z(confidence: float) -> float:
 
 
 def _binomial_ppf(n: int, p: float, u: np.ndarray) -> np.ndarray:
-    """The inverse CDF of Binomial(n, p) at ``u`` (a window of +-15 sd beyond the mean)."""
-    if n <= 0 or p <= 0:
+    """The inverse CDF of Binomial(n, p) at ``u``: the CDF is evaluated only between the
+    (continuous) quantiles of min(u) and max(u), two counts wider."""
+    if n <= 0 or p <= 0 or len(u) == 0:
         return np.zeros(len(u), np.int32)
     if p >= 1:
         return np.full(len(u), n, np.int32)
-    sd = np.sqrt(n * p * (1 - p))
-    lo = max(0, int(n * p - 15 * sd) - 10)
-    hi = min(n, int(n * p + 15 * sd) + 10)
-    cdf = stats.binom.cdf(np.arange(lo, hi + 1), n, p)
+    ends = special.bdtrik(np.array([u.min(), u.max()]), n, p)
+    lo = max(0, int(np.floor(ends[0])) - 2) if np.isfinite(ends[0]) else 0
+    hi = min(n, int(np.ceil(ends[1])) + 2) if np.isfinite(ends[1]) else n
+    cdf = special.bdtr(np.arange(lo, hi + 1), n, p)
     return (lo + np.minimum(np.searchsorted(cdf, u), hi - lo)).astype(np.int32)
 
 
@@ -401,34 +441,45 @@ def share_keys(table: pd.DataFrame) -> list[tuple]:
     return [("own", *key) for key in table[KEYS].itertuples(index=False, name=None)]
 
 
+def image_keys(table: pd.DataFrame, side: str) -> list[tuple]:
+    """Each group's block of ``side`` ("fake" or "real") images: (side, ``<side>_set``,
+    perturbation, level), the same for every cell that scored those images under that
+    condition. Without the column, or for a set of "", the group's own block (side,
+    "own", *group key).
+    """
+    keys = list(table[KEYS].itertuples(index=False, name=None))
+    col = f"{side}_set"
+    sets = table[col].tolist() if col in table.columns else [""] * len(keys)
+    return [(side, name, key[4], key[5]) if name else (side, "own", *key)
+            for key, name in zip(keys, sets, strict=True)]
+
+
 def draw_counts(table: pd.DataFrame, resamples: int, seed: int = 42
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Stratified bootstrap draws of (tp, tn): int32 arrays [groups, resamples].
 
-    tp*: Binomial(n_fake, tp / n_fake) from a generator seeded by (seed, group key).
-    tn*: the inverse Binomial(n_real, tn / n_real) CDF of uniforms seeded by (seed,
-    share), one set for all groups of a share (``share_keys``). So a group's draws do not
-    depend on the other rows of ``table``.
+    tp* is the inverse Binomial(n_fake, tp / n_fake) CDF of uniforms seeded by (seed,
+    the group's block of fakes), tn* likewise with (seed, its block of reals), blocks as
+    in ``image_keys``: the groups that score the same images under one condition (the
+    test sets of a cell for the reals; every cell, of any detector, training generator
+    or seed) draw comonotone counts, identical ones for equal counts. A group's draws
+    depend only on its own row, not on the other rows of ``table``.
     """
     G = len(table)
-    tp_d = np.zeros((G, resamples), np.int32)
-    tn_d = np.zeros((G, resamples), np.int32)
-    cols = [table[c].to_numpy() for c in ("n_fake", "n_real", "tp", "tn")]
+    out = {side: np.zeros((G, resamples), np.int32) for side in ("fake", "real")}
     uniforms: dict[tuple, np.ndarray] = {}
     drawn: dict[tuple, np.ndarray] = {}
-    keys = table[KEYS].itertuples(index=False, name=None)
-    for i, (key, share) in enumerate(zip(keys, share_keys(table), strict=True)):
-        n_fake, n_real, tp, tn = (int(c[i]) for c in cols)
-        rng = np.random.default_rng(derive_seed(seed, *key))
-        tp_d[i] = rng.binomial(n_fake, tp / n_fake if n_fake else 0.0, resamples)
-        if share not in uniforms:
-            uniforms[share] = np.random.default_rng(
-                derive_seed(seed, "reals", *share)).random(resamples)
-        if (share, n_real, tn) not in drawn:
-            drawn[share, n_real, tn] = _binomial_ppf(n_real, tn / n_real if n_real else 0.0,
-                                                     uniforms[share])
-        tn_d[i] = drawn[share, n_real, tn]
-    return tp_d, tn_d
+    for side, count in (("fake", "tp"), ("real", "tn")):
+        ns, ks = table[f"n_{side}"].to_numpy(), table[count].to_numpy()
+        for i, block in enumerate(image_keys(table, side)):
+            n, k = int(ns[i]), int(ks[i])
+            if block not in uniforms:
+                uniforms[block] = np.random.default_rng(
+                    derive_seed(seed, *block)).random(resamples)
+            if (block, n, k) not in drawn:
+                drawn[block, n, k] = _binomial_ppf(n, k / n if n else 0.0, uniforms[block])
+            out[side][i] = drawn[block, n, k]
+    return out["fake"], out["real"]
 
 
 def add_intervals(table: pd.DataFrame, tp_draws: np.ndarray, tn_draws: np.ndarray,
@@ -457,30 +508,71 @@ def load_draws(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
-def _auc_mean_variance(rows: np.ndarray, table: pd.DataFrame, share: np.ndarray,
-                       draws: Mapping[str, np.ndarray]) -> tuple[float, int]:
-    """(sum of the covariances of the AUCs at ``rows``, how many count), by shares."""
+def _real_block_sd(members: np.ndarray, var_real: np.ndarray, table: pd.DataFrame,
+                   share: np.ndarray, draws: Mapping[str, np.ndarray]) -> float:
+    """sd of the real-image part of the summed AUCs of ``members`` (one block of reals):
+    exact (V01 aligned by image) over the groups with V01, plus the sd of each other."""
+    n = int(table["n_real"].iloc[members[0]])
+    start = draws.get("v01_start")
+    lengths = (start[members + 1] - start[members] if start is not None
+               else np.zeros(len(members), np.int64))
+    _, inverse, counts = np.unique(share[members], return_inverse=True, return_counts=True)
+    wrong = ((lengths != 0) & (lengths != n)) | ((counts[inverse] > 1) & (lengths != n))
+    if wrong.any():
+        raise ValueError(f"draws lack V01 of group(s) {members[wrong].tolist()} that share "
+                         "their reals: not the draws of this table?")
+    have = lengths == n
+    if have.sum() >= 2:
+        total = np.zeros(n, np.int64)
+        for i in members[have]:
+            total += draws["v01"][start[i]:start[i + 1]]
+        sd = float(np.sqrt(np.var(total / V01_SCALE, ddof=1) / n))
+    else:
+        sd = float(np.sqrt(var_real[have]).sum())
+    return sd + float(np.sqrt(var_real[~have]).sum())
+
+
+def _auc_sum_variance(rows: np.ndarray, table: pd.DataFrame, blocks: np.ndarray,
+                      draws: Mapping[str, np.ndarray]) -> tuple[float, int]:
+    """(a variance of the sum of the AUCs at ``rows``, how many count).
+
+    ``blocks`` [groups, 3]: block of fakes, block of reals, share. The blocks are
+    independent; within a block of fakes the sds add (perfect correlation, a bound),
+    within a block of reals the V01 give the covariance (``_real_block_sd``).
+    """
     var = table["auc_var"].to_numpy(float)[rows]
     ok = ~np.isnan(var)
     rows, var = rows[ok], var[ok]
-    total = 0.0
-    ids, inverse, counts = np.unique(share[rows], return_inverse=True, return_counts=True)
-    total += var[counts[inverse] == 1].sum()
-    if (counts > 1).any():
-        fake = table["auc_var_fake"].to_numpy(float)
-        start = draws["v01_start"]
-        for c in np.flatnonzero(counts > 1):
-            members = rows[inverse == c]
-            lengths = start[members + 1] - start[members]
-            n = int(table["n_real"].iloc[members[0]])
-            if (lengths != n).any():
-                raise ValueError(f"draws lack V01 of group(s) {members[lengths != n].tolist()}"
-                                 " that share their reals: not the draws of this table?")
-            total_v = np.zeros(n, np.int64)
-            for i in members:
-                total_v += draws["v01"][start[i]:start[i + 1]]
-            total += fake[members].sum() + np.var(total_v / V01_SCALE, ddof=1) / n
+    if not len(rows):
+        return 0.0, 0
+    var_fake = table["auc_var_fake"].to_numpy(float)[rows]
+    var_real = np.maximum(var - var_fake, 0.0)
+    _, inverse = np.unique(blocks[rows, 0], return_inverse=True)
+    total = float((np.bincount(inverse, weights=np.sqrt(var_fake)) ** 2).sum())
+    _, inverse, counts = np.unique(blocks[rows, 1], return_inverse=True, return_counts=True)
+    total += float(var_real[counts[inverse] == 1].sum())
+    for c in np.flatnonzero(counts > 1):
+        at = np.flatnonzero(inverse == c)
+        total += _real_block_sd(rows[at], var_real[at], table, blocks[:, 2], draws) ** 2
     return total, len(rows)
+
+
+def _block_ids(table: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """[groups, 3] ids (block of fakes, block of reals, share) of the groups at ``rows``
+    (-1 elsewhere), as ``image_keys`` and ``share_keys``; without the set columns every
+    group is its own block and share."""
+    at = np.unique(rows)
+    ids = np.full((len(table), 3), -1, np.int64)
+    ids[at] = len(table) + at[:, None]  # own block: a number no factorized id reaches
+    part = table.iloc[at]
+    for j, col in enumerate(("fake_set", "real_set")):
+        if col in table.columns:
+            keys = part[[col, "perturbation", "level"]].astype(str).agg("\x1f".join, axis=1)
+            named = (part[col] != "").to_numpy()
+            ids[at[named], j] = keys[named].factorize()[0]
+    if "real_set" in table.columns:
+        ids[at, 2] = pd.Series(share_keys(part), dtype=object).factorize()[0]
+    return ids
 
 
 def mean_interval(draws: Mapping[str, np.ndarray], rows: np.ndarray, table: pd.DataFrame,
@@ -492,21 +584,17 @@ def mean_interval(draws: Mapping[str, np.ndarray], rows: np.ndarray, table: pd.D
     metrics read ``tp``, ``tn``; ``auc`` reads ``v01``, ``v01_start``). ``rows`` indexes
     ``table``'s rows and the draws (positions, not labels). A 1-D ``rows`` gives floats;
     a 2-D one [means, k] gives arrays, one mean per line. Count metrics: the percentile
-    interval of the per-draw means (tn* is shared within a share, so the shared reals
-    count once). ``auc``: mean AUC +- z sqrt(var) / k, clipped to [0, 1], var summing
-    auc_var over groups alone in their share and, per share of several groups, their
-    auc_var_fake plus var_j(sum of V01(j)) / n_real. Shares are independent of each
-    other; without a ``real_set`` column every group is a share of its own. NaN groups
-    are skipped, as pandas' mean does.
+    interval of the per-draw means (``draw_counts`` couples the draws of groups that
+    score the same images). ``auc``: mean AUC +- z sqrt(var) / k, clipped to [0, 1], var
+    of the sum as in the module's docstring. NaN groups are skipped, as pandas' mean does.
     """
     rows = np.asarray(rows, dtype=np.int64)
     point = np.nanmean(table[metric].to_numpy(float)[rows], axis=-1)
     if metric == "auc":
-        share = (pd.Series(share_keys(table), dtype=object).factorize()[0]
-                 if "real_set" in table.columns else np.arange(len(table)))
+        blocks = _block_ids(table, rows)
         var, k = np.zeros(rows.shape[:-1]), np.zeros(rows.shape[:-1], np.int64)
         for line in np.ndindex(rows.shape[:-1]):
-            var[line], k[line] = _auc_mean_variance(rows[line], table, share, draws)
+            var[line], k[line] = _auc_sum_variance(rows[line], table, blocks, draws)
         with np.errstate(divide="ignore", invalid="ignore"):
             half = _z(confidence) * np.sqrt(var) / k
         lo, hi = np.clip(point - half, 0, 1), np.clip(point + half, 0, 1)
@@ -555,7 +643,7 @@ def run_metrics(score_paths: Sequence[str | os.PathLike], out_parquet: str | os.
         lengths.append(length)
         log.info("%s: %d groups", path, len(t))
     table = (pd.concat(tables, ignore_index=True) if tables
-             else pd.DataFrame(columns=[*KEYS, *POINT_COLUMNS, "real_set"]))
+             else pd.DataFrame(columns=[*KEYS, *POINT_COLUMNS, "real_set", "fake_set"]))
     del tables
     tp_d, tn_d = draw_counts(table, resamples, seed)
     table = add_intervals(table, tp_d, tn_d, confidence)

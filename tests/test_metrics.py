@@ -1,11 +1,13 @@
 import subprocess
 import sys
+from itertools import product
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from scipy import stats
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score, roc_curve
 
 from bilora.errors import UserError
@@ -220,6 +222,7 @@ def test_mean_interval_matches_a_slow_reference():
                           "tp": (n_fake * rng.uniform(0.5, 0.95, 6)).astype(int),
                           "tn": (n_real * rng.uniform(0.5, 0.95, 6)).astype(int),
                           "auc": rng.uniform(0.6, 0.9, 6), "auc_var": rng.uniform(1e-4, 1e-3, 6)})
+    table["auc_var_fake"] = table.auc_var * rng.uniform(0.2, 0.8, 6)
     R = 400
     tp_d = rng.binomial(n_fake[:, None], (table.tp / n_fake).to_numpy()[:, None], (6, R))
     tn_d = rng.binomial(n_real[:, None], (table.tn / n_real).to_numpy()[:, None], (6, R))
@@ -328,17 +331,21 @@ def _shared_reals_file(path, tests, rng, shared=True, conditions=(("none", "-"),
 
 
 def test_real_set_names_the_sorted_sha1s():
-    df = pd.DataFrame({"generator": list("AAAABBBBCCCD"), "perturbation": "none", "level": "-",
-                       "label": [1, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 1],
+    df = pd.DataFrame({"generator": list("AAAABBBBCCCDDEE"), "perturbation": "none",
+                       "level": "-", "label": [1, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 1, 1, 1, 0],
                        "sha1": ["f1", "r2", "r1", "r3", "r3", "f2", "r2", "r1", "f3", "r1", "r9",
-                                "f4"],
-                       "p_fake": np.linspace(0, 1, 12)})
+                                "f5", "f4", None, "r1"],
+                       "p_fake": np.linspace(0, 1, 15)})
     t = metrics_table(df).set_index("test")
     import hashlib
     assert t.loc["A", "real_set"] == hashlib.sha256(b"r1\nr2\nr3").hexdigest()[:16]
     assert t.loc["B", "real_set"] == t.loc["A", "real_set"]  # same images, other order
     assert t.loc["C", "real_set"] not in ("", t.loc["A", "real_set"])
     assert t.loc["D", "real_set"] == ""  # no reals
+    # fake_set alike: D's fakes sorted; a fake without its sha1 leaves E's unnamed
+    assert t.loc["D", "fake_set"] == hashlib.sha256(b"f4\nf5").hexdigest()[:16]
+    assert t.loc["A", "fake_set"] == hashlib.sha256(b"f1").hexdigest()[:16]
+    assert t.loc["E", "fake_set"] == "" and t.loc["E", "real_set"] != ""
 
 
 def test_tn_draws_are_shared_by_sets_with_the_same_reals(tmp_path):
@@ -455,9 +462,157 @@ def test_shared_reals_widen_mean_intervals_and_own_reals_leave_them(tmp_path):
     for m in COUNT_METRICS:
         assert width(d, t, own, m) == pytest.approx(width(indep, independent, own, m),
                                                     rel=0.15), m
-    # a mean across both cells: shared within cell A only
+    # a mean across both cells: reals shared within cell A, fakes (the same sha1 in both
+    # files) across the cells
     both = np.r_[shared, own]
     assert width(d, t, both, "auc") > width(indep, independent, both, "auc")
+
+
+def _cells_on_same_images(folder, trains, rng, tests=("A", "B"), n_fake=150, n_real=200,
+                          noise=1.0):
+    """One score file per cell (train), every cell scoring the same images: test set t's
+    fakes and the reals shared by the sets. logit = the image's own effect (fakes
+    N(0.3 + 0.4 j, 1.5), reals N(-0.8, 1.5)) + the cell's noise N(0, noise), so the
+    cells' errors correlate through the images (identical scores with noise 0).
+    Returns {(train, test): (fake scores, real scores)}, reals in sha1 order."""
+    effect_fake = {t: rng.normal(0.3 + 0.4 * j, 1.5, n_fake) for j, t in enumerate(tests)}
+    effect_real = rng.normal(-0.8, 1.5, n_real)
+    scores = {}
+    for c, train in enumerate(trains):
+        real = (1 / (1 + np.exp(-effect_real - rng.normal(0, noise, n_real)))).astype("float32")
+        frames = []
+        for t in tests:
+            fake = (1 / (1 + np.exp(-effect_fake[t] - rng.normal(0, noise, n_fake)))
+                    ).astype("float32")
+            scores[train, t] = fake.astype(float), real.astype(float)
+            frames.append(pd.DataFrame({
+                "sha1": [f"{t}-fake{i:05d}" for i in range(n_fake)]
+                + [f"real{i:05d}" for i in range(n_real)],
+                "generator": t, "label": np.r_[np.ones(n_fake), np.zeros(n_real)].astype("int8"),
+                "perturbation": "none", "level": "-", "p_fake": np.r_[fake, real]}))
+        df = pd.concat(frames, ignore_index=True).sample(frac=1, random_state=c)
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        meta = {b"detector": b"det", b"train": train.encode()}
+        pq.write_table(table.replace_schema_metadata({**table.schema.metadata, **meta}),
+                       folder / f"{train}.parquet")
+    return scores
+
+
+def _cells_run(tmp_path, trains, rng, resamples, **kw):
+    scores = _cells_on_same_images(tmp_path, trains, rng, **kw)
+    t = run_metrics([tmp_path / f"{x}.parquet" for x in trains],
+                    tmp_path / "m" / "metrics.parquet", resamples=resamples)
+    return scores, t, load_draws(tmp_path / "m" / "bootstrap.npz")
+
+
+def _as_independent_cells(t, d, resamples):
+    """Table and draws as before the coupling across cells: every cell its own images."""
+    old = t.assign(fake_set=t.fake_set + t.train, real_set=t.real_set + t.train)
+    tp, tn = draw_counts(old, resamples, 42)
+    return old, {**d, "tp": tp, "tn": tn}
+
+
+def test_binomial_inverse_cdf_is_exact_in_the_tails():
+    """The draws' inverse CDF equals a search of the whole CDF, extreme uniforms included."""
+    from scipy import special
+
+    from bilora.metrics import _binomial_ppf
+
+    rng = np.random.default_rng(23)
+    for n, k in ((1, 0), (1, 1), (5, 1), (200, 199), (10_000, 9_990), (10_000, 5_000),
+                 (100_000, 3)):
+        u = np.r_[1e-300, 1 - 1e-16, rng.random(500)]
+        full = np.minimum(np.searchsorted(special.bdtr(np.arange(n + 1), n, k / n), u), n)
+        assert np.array_equal(_binomial_ppf(n, k / n, u), full), (n, k)
+
+
+def test_coupled_draws_keep_each_groups_binomial_marginal():
+    """Seeded by image blocks, not by group: every group still draws Binomial(n, p)."""
+    rng = np.random.default_rng(20)
+    rows = []
+    for train, seed in product(["A", "B", "C"], [0, 1]):
+        for test in ("X", "Y"):
+            rows.append({"detector": "d", "train": train, "seed": seed, "test": test,
+                         "perturbation": "none", "level": "-", "n_fake": 300, "n_real": 250,
+                         "tp": int(rng.integers(150, 290)), "tn": int(rng.integers(100, 240)),
+                         "fake_set": f"fakes-{test}", "real_set": "reals"})
+    table = pd.DataFrame(rows)
+    R = 20_000
+    tp_d, tn_d = draw_counts(table, R, seed=3)
+    for draws, n, k in ((tp_d, table.n_fake, table.tp), (tn_d, table.n_real, table.tn)):
+        for i in range(len(table)):
+            p = k[i] / n[i]
+            var = n[i] * p * (1 - p)
+            # the mean is within 4 standard errors, the variance within 6 % (its relative
+            # sd is sqrt(2 / R) = 1 %); the 2.5 % and 97.5 % percentiles of the draws are
+            # the binomial's own quantiles, up to one count
+            assert draws[i].mean() == pytest.approx(k[i], abs=4 * np.sqrt(var / R)), i
+            assert draws[i].var() == pytest.approx(var, rel=0.06), i
+            ends = np.percentile(draws[i], [2.5, 97.5])
+            assert ends == pytest.approx(stats.binom.ppf([0.025, 0.975], n[i], p), abs=1), i
+    # the same group alone draws the same: seeded by its images, not by its neighbours
+    alone = draw_counts(table.iloc[[7]], R, seed=3)
+    assert np.array_equal(alone[0][0], tp_d[7]) and np.array_equal(alone[1][0], tn_d[7])
+    # comonotone across cells on the same images, independent across fake sets
+    x, y = np.flatnonzero(table.test == "X"), np.flatnonzero(table.test == "Y")
+    assert min(np.corrcoef(tp_d[x])[0, 1:].min(), np.corrcoef(tn_d)[0, 1:].min()) > 0.95
+    assert abs(np.corrcoef(tp_d[x[0]], tp_d[y[0]])[0, 1]) < 0.05  # sd 0.007 at R = 20,000
+
+
+@pytest.mark.parametrize("tests", [("A", "B"), ("A",)])  # V01 stored / none stored
+def test_cells_with_identical_scores_give_the_interval_of_one_cell(tmp_path, tests):
+    """Two cells that score the same images alike are one sample, not two."""
+    rng = np.random.default_rng(21)
+    _, t, d = _cells_run(tmp_path, ["X", "Y"], rng, 2000, noise=0.0, tests=tests)
+    assert (np.diff(d["v01_start"]) > 0).all() == (len(tests) == 2)
+    if len(tests) == 2:  # draws of another table: the sets of a cell lack their V01
+        with pytest.raises(ValueError, match="not the draws of this table"):
+            mean_interval({**d, "v01_start": 0 * d["v01_start"]}, [0, 1], t, "auc")
+    one, both = np.flatnonzero(t.train == "X"), np.arange(len(t))
+    by_test = t.sort_values(["test", "train"])
+    assert by_test.auc.tolist()[::2] == by_test.auc.tolist()[1::2]  # X and Y agree
+    old, d_old = _as_independent_cells(t, d, 2000)
+    for m in (*COUNT_METRICS, "auc"):
+        interval = mean_interval(d, one, t, m)
+        assert mean_interval(d, both, t, m) == pytest.approx(interval, rel=1e-9), m
+        # as independent cells the interval was sqrt(2) narrower: measured 0.66-0.77 of
+        # it over six data seeds (auc 0.707; counts are steps of 1/150 or 1/200)
+        _, lo, hi = mean_interval(d_old, both, old, m)
+        assert hi - lo < 0.85 * (interval[2] - interval[1]), m
+
+
+def test_means_across_cells_are_no_narrower_than_a_shared_row_bootstrap(tmp_path):
+    """The slow reference resamples the same image rows for two cells whose scores differ
+    but correlate (stratified: one draw of each test set's fakes, one of the shared reals,
+    for both cells). The coupled intervals cover it; independent cells fall short."""
+    rng = np.random.default_rng(22)
+    trains, tests, B = ["X", "Y"], ("A", "B"), 4000
+    scores, t, d = _cells_run(tmp_path, trains, rng, B, noise=0.6)
+    w_real = _weights(rng, 200, B).astype(float)
+    ref = {m: np.zeros(B) for m in (*COUNT_METRICS, "auc")}
+    for test in tests:
+        w_fake = _weights(rng, 150, B).astype(float)
+        for train in trains:
+            fake, real = scores[train, test]
+            psi = (fake[:, None] > real[None, :]) + 0.5 * (fake[:, None] == real[None, :])
+            ref["auc"] += ((w_fake @ psi) * w_real).sum(1) / (150 * 200) / 4
+            tp, tn = w_fake @ (fake >= 0.5), w_real @ (real < 0.5)
+            for m in COUNT_METRICS:
+                ref[m] += count_metric(m, tp, tn, 150, 200) / 4
+    old, d_old = _as_independent_cells(t, d, B)
+    rows = np.arange(len(t))
+    # width / reference width, measured over eight data seeds: coupled counts 1.06-1.18
+    # (comonotone: the bound), auc 1.01-1.04 (fakes' part bounded, reals' exact);
+    # independent cells 0.76-0.82 (counts), 0.73-0.76 (auc). Each coupled end lies
+    # -0.01 to +0.11 widths beyond the reference's. A percentile end of 4000 draws moves
+    # by ~3 % of the width (Monte Carlo), so 0.95, 0.9 and 0.05 are 2-3 of those away.
+    for m in (*COUNT_METRICS, "auc"):
+        lo, hi = np.percentile(ref[m], [2.5, 97.5])
+        _, a, b = mean_interval(d, rows, t, m)
+        assert b - a > 0.95 * (hi - lo), m
+        assert a < lo + 0.05 * (hi - lo) and b > hi - 0.05 * (hi - lo), m  # and covers it
+        _, a, b = mean_interval(d_old, rows, old, m)
+        assert b - a < 0.9 * (hi - lo), m
 
 
 def test_run_metrics_rejects_two_files_of_one_cell(tmp_path):
