@@ -141,7 +141,10 @@ def test_paper_dry_run_has_21_training_jobs_fed_by_the_data_jobs(tmp_path):
     assert len(genimage) == 2 and all(
         "--test-reals-from data/paper/ricker/manifest.parquet" in line
         and "--test-fakes-per-generator 10000" in line for line in genimage)
-    assert counts["train_detector"] == 21 and counts["score_cell"] == 21
+    # 14 baseline cells scored alone; the 7 Bi-LoRA cells share one image pass per condition
+    assert counts["train_detector"] == 21 and counts["score_cell"] == 14
+    assert counts["score_group"] == 23 and counts["gather_scores"] == 7
+    assert counts["prefetch_models"] == 1
     assert counts["fetch_zenodo_record"] == 1 and counts["rebuild_lsun_real"] == 1
     assert counts["organize_dataset"] == 3 and counts["extract_archives"] == 1
 

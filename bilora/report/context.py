@@ -132,9 +132,13 @@ class Context:
             lines.append(
                 f"Cells: value [lo, hi] in percent, one decimal; [lo, hi] is the "
                 f"{self.percent()} interval (bootstrap stratified by class: the fakes and the "
-                "reals of each test set resampled apart; AUC: DeLong's interval); a column "
-                "without brackets has no interval. In LaTeX the bracketed part is printed "
-                "under its value.")
+                "reals of each test set resampled apart, the real set shared by the test "
+                "sets drawn once; AUC: DeLong's interval); a mean over several models "
+                "(training seeds, training generators, detectors) scored on the same test "
+                "images has a conservative interval: their errors are taken as perfectly "
+                "correlated (for AUC, the fakes' part only), so it may be wider than needed "
+                "but not narrower. A column without brackets has no interval. In LaTeX the "
+                "bracketed part is printed under its value.")
             seeds = self.spec["seeds"]
             if len(seeds) > 1:
                 lines.append(
