@@ -40,6 +40,11 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+onsuccess:
+    for line in W.warning_lines(config):
+        print(line)
+
+
 rule all:
     input:
         W.tables(config),

@@ -147,6 +147,27 @@ def figures(cfg: dict[str, Any]) -> list[str]:
     return [f"{results(cfg)}/figures/{n}" for n in report_outputs(C.report_spec(cfg))[1]]
 
 
+def digest_files(cfg: dict[str, Any]) -> list[str]:
+    """Every folder-digest check file of the run's datasets."""
+    out = []
+    for name, ds in cfg["data"]["datasets"].items():
+        if ds["source"] == "zenodo":
+            out += [f"{dataset_dir(cfg, name)}/digests/{s}.sha1" for s in ricker_splits(cfg, name)
+                    if ds["check_digests"][s] != "off"]
+    return out
+
+
+def warning_lines(cfg: dict[str, Any]) -> list[str]:
+    """The run's warnings for the console at the end of a successful Snakemake run."""
+    from bilora.run_warnings import console_lines
+
+    return console_lines(f"{results(cfg)}/warnings.json")
+
+
+def models(cfg: dict[str, Any]) -> list[str]:
+    return [f"{c.path(cfg)}/model" for c in C.cells(cfg)]
+
+
 def all_manifests(cfg: dict[str, Any]) -> list[str]:
     """The manifest of every dataset of the run."""
     return [manifest(cfg, d) for d in cfg["data"]["datasets"]]

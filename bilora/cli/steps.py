@@ -90,8 +90,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     stage, why = feature_cache.cache_point(det, det.cfg.get("feature_cache"),
                                            augments(train_cfg))
     loss_fn, cache_file = None, None
+    cache_note = f"{stage}: {why}"
     if stage is None:
         log.info("training without a frozen-feature cache: %s", why)
+        fell_back = det.cfg.get("feature_cache") == "auto"
+        cache_note = f"{'fallback' if fell_back else 'none'}: {why}"
+        if fell_back:
+            log.warning("feature_cache is auto but %s: training from images", why)
     else:
         key = feature_cache.cache_key(det, stage, rows, spec["jpeg_quality"])
         folder = Path(args.cache_dir) if args.cache_dir else Path(args.out).parent / "features"
@@ -108,7 +113,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                              num_workers=args.num_workers, progress=not args.quiet,
                              loss_fn=loss_fn)
     save_detector(det, args.out, provenance(spec, data_manifest_sha1=data_digest,
-                                            history=json.dumps(history)))
+                                            history=json.dumps(history),
+                                            feature_cache=cache_note))
     # trained and saved: a later forced rerun (new code, new base) must train again, and a
     # finished cell leaves no checkpoint folder behind
     (Path(args.checkpoint_dir) / CHECKPOINT).unlink(missing_ok=True)
@@ -225,6 +231,19 @@ def cmd_gather_scores(args: argparse.Namespace) -> int:
 
 # -- metrics and report -------------------------------------------------------------------
 
+def cmd_collect_warnings(args: argparse.Namespace) -> int:
+    from bilora.atomic import write_json
+    from bilora.run_warnings import collect
+
+    spec = _spec(args.spec)
+    found = collect(args.manifests, args.digests, args.models, spec["max_rejected_fraction"])
+    for w in found:
+        log.warning("%s: %s", w["source"], w["message"])
+    write_json(args.out, found)
+    log.info("%d warning(s) written to %s", len(found), args.out)
+    return 0
+
+
 def cmd_metrics(args: argparse.Namespace) -> int:
     from bilora.metrics import run_metrics
 
@@ -297,6 +316,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--manifest", nargs="+", required=True)
     s.add_argument("--train-generator", required=True)
     s.add_argument("--seed", required=True, type=int, help="the cell's training seed")
+    s.add_argument("--out", required=True)
+    s = step("collect-warnings", cmd_collect_warnings, "gather the run's warnings (digests, "
+             "rejected images, short sets, training fallbacks)")
+    s.add_argument("--manifests", nargs="*", default=[])
+    s.add_argument("--digests", nargs="*", default=[])
+    s.add_argument("--models", nargs="*", default=[])
     s.add_argument("--out", required=True)
     s = step("metrics", cmd_metrics, "metrics from per-image scores")
     s.add_argument("--scores", nargs="+", required=True)

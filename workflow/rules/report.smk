@@ -19,10 +19,30 @@ rule compute_metrics:
         "python3 -m bilora.cli metrics --spec {params.spec:q} --scores {input} --out {output.parquet} > {log} 2>&1"
 
 
+rule collect_warnings:
+    input:
+        manifests=W.all_manifests(config),
+        digests=W.digest_files(config),
+        models=W.models(config),
+    output:
+        f"{RES}/warnings.json",
+    params:
+        spec=W.json_param({"max_rejected_fraction": config["data"]["max_rejected_fraction"]}),
+    log:
+        f"{RES}/logs/collect_warnings.log",
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "python3 -m bilora.cli collect-warnings --spec {params.spec:q} --manifests {input.manifests}"
+        " --digests {input.digests} --models {input.models} --out {output} > {log} 2>&1"
+
+
 rule render_report:
     input:
         metrics=f"{RES}/metrics.parquet",
         bootstrap=f"{RES}/bootstrap.npz",
+        warnings=f"{RES}/warnings.json",
         scores=W.scores(config),
         manifests=W.all_manifests(config),
         published=W.published_inputs(config),
@@ -41,4 +61,5 @@ rule render_report:
     shell:
         "python3 -m bilora.cli report --spec {params.spec:q} --metrics {input.metrics}"
         " --bootstrap {input.bootstrap} --scores {input.scores} --manifests {input.manifests}"
-        " --tables {params.tables} --figures {params.figures} > {log} 2>&1"
+        " --warnings {input.warnings} --tables {params.tables} --figures {params.figures}"
+        " > {log} 2>&1"
