@@ -407,7 +407,9 @@ def sharing_groups(cfg: dict[str, Any]) -> dict[str, list[str]]:
     for det, section in detectors(cfg).items():
         if not kind(section["kind"]).shares_base or "vision_model" in section["extra_trainable"]:
             continue
-        key = digest({"base": section["base_model"], "dtype": section["dtype"]}, 10)
+        key = digest({"base": section["base_model"], "dtype": section["dtype"],
+                      "attn": section["attn_implementation"], "int8": section["load_in_8bit"]},
+                     10)
         out.setdefault(f"{section['kind']}-{key}", []).append(det)
     return out
 

@@ -51,6 +51,29 @@ def base_model_path(cfg: dict[str, Any], base_dir: str | None) -> str:
     return base["name_or_path"]
 
 
+def load_base(path: str, cfg: dict[str, Any]):
+    """The frozen BLIP-2 base of a Bi-LoRA section: its dtype, attention implementation
+    and, on CUDA only, optional 8-bit weights (bitsandbytes, the authors' loading)."""
+    from transformers import Blip2ForConditionalGeneration
+
+    from bilora.errors import ConfigError
+
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(cfg["dtype"]),
+                              "attn_implementation": cfg["attn_implementation"]}
+    if cfg["load_in_8bit"]:
+        try:
+            import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
+        except ImportError:
+            raise ConfigError("load_in_8bit needs bitsandbytes: pip install "
+                              "'bilora-bench[int8]' (CUDA only)") from None
+        if not torch.cuda.is_available():
+            raise ConfigError("load_in_8bit needs a CUDA GPU (bitsandbytes); set it to false")
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    return Blip2ForConditionalGeneration.from_pretrained(path, **kwargs)
+
+
 def saved_base(folder: str | os.PathLike) -> str:
     """The base a saved adapter folder names: a folder (relative to the adapter folder) or a
     hub id."""
@@ -110,10 +133,9 @@ class BiLoRADetector(Detector):
     @classmethod
     def build(cls, cfg: dict[str, Any], seed: int, base_dir: str | None = None) -> BiLoRADetector:
         from peft import get_peft_model
-        from transformers import Blip2ForConditionalGeneration
 
         path = base_model_path(cfg, base_dir)
-        model = Blip2ForConditionalGeneration.from_pretrained(path, dtype=torch_dtype(cfg["dtype"]))
+        model = load_base(path, cfg)
         processor = _processor(path)
         torch.manual_seed(seed)
         model = get_peft_model(model, lora_config(cfg))
@@ -134,11 +156,9 @@ class BiLoRADetector(Detector):
     @classmethod
     def load_weights(cls, folder: Path, cfg: dict[str, Any]) -> BiLoRADetector:
         from peft import PeftModel
-        from transformers import Blip2ForConditionalGeneration
 
         base = saved_base(folder)
-        model = Blip2ForConditionalGeneration.from_pretrained(base,
-                                                              dtype=torch_dtype(cfg["dtype"]))
+        model = load_base(base, cfg)
         model = PeftModel.from_pretrained(model, folder)
         return cls(cfg, model, _processor(folder), base)
 

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from bilora.detector import STAGES, BiLoRADetector, saved_base, torch_dtype
+from bilora.detector import STAGES, BiLoRADetector, saved_base
 from bilora.errors import ConfigError
 
 log = logging.getLogger("bilora.group_scoring")
@@ -49,20 +49,18 @@ class AdapterGroup:
     def __init__(self, folders: Sequence[str | os.PathLike], configs: Sequence[dict[str, Any]],
                  device: torch.device):
         from peft import PeftModel
-        from transformers import Blip2ForConditionalGeneration
 
-        from bilora.detector import _processor
+        from bilora.detector import _processor, load_base
 
         folders = [Path(f) for f in folders]
         bases = {saved_base(f) for f in folders}
-        dtypes = {c["dtype"] for c in configs}
-        if len(bases) != 1 or len(dtypes) != 1:
-            raise ConfigError(f"a scoring group needs one base and dtype; got {sorted(bases)} "
-                              f"and {sorted(dtypes)} (evaluation.sharing: cell scores them "
-                              "apart)")
+        loading = {(c["dtype"], c["attn_implementation"], c["load_in_8bit"]) for c in configs}
+        if len(bases) != 1 or len(loading) != 1:
+            raise ConfigError(f"a scoring group needs one base loaded one way; got "
+                              f"{sorted(bases)} and {sorted(loading)} (evaluation.sharing: "
+                              "cell scores them apart)")
         base = bases.pop()
-        model = Blip2ForConditionalGeneration.from_pretrained(base, dtype=torch_dtype(
-            dtypes.pop()))
+        model = load_base(base, configs[0])
         self.names = [f"cell{i}" for i in range(len(folders))]
         model = PeftModel.from_pretrained(model, folders[0], adapter_name=self.names[0])
         for name, folder in zip(self.names[1:], folders[1:], strict=True):

@@ -170,3 +170,12 @@ def test_bilora_resumes_to_the_same_adapter_weights(tiny_base, tiny_data, defaul
     resumed = run([1, 2], tmp_path / "b")
     assert full.keys() == resumed.keys() and any("qformer" in k for k in full)
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_eight_bit_loading_is_refused_clearly_without_cuda(tiny_base, default_cfg):
+    """The authors' 8-bit base needs bitsandbytes on CUDA; on this CPU it is a config error."""
+    from bilora.errors import ConfigError
+
+    cfg = {**default_cfg["detectors"]["bilora"], "load_in_8bit": True}
+    with pytest.raises(ConfigError, match="load_in_8bit needs"):
+        BiLoRADetector.build(cfg, 0, str(tiny_base))
