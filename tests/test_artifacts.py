@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import PAPER, ROOT
 
+pytestmark = pytest.mark.slow
+
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 

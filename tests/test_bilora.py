@@ -10,6 +10,7 @@ import torch
 from bilora.detector import BiLoRADetector
 from bilora.detectors import load_detector, save_detector
 
+pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def trained(tiny_base, tiny_data, default_cfg):

@@ -17,6 +17,8 @@ from PIL import Image
 from bilora.cli import main
 from tests.test_odd_images import _build
 
+pytestmark = pytest.mark.slow
+
 PERTURBATIONS = {"none": ["-"], "blur": [3, 9, "random"], "crop": [0.1, "random"],
                  "downscale": [24], "mixed": ["random"], "noise": ["random"],
                  "jpeg": ["random"]}

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -55,6 +56,7 @@ def test_cli_help_lists_the_commands():
         assert cmd in out
 
 
+@pytest.mark.slow
 def test_describe_command_prints_the_paper_trainable_count():
     out = subprocess.run([sys.executable, "-m", "bilora.cli", "describe", "--configfile",
                           str(ROOT / "workflow/config/paper.yaml"), "--detector", "bilora"],

@@ -36,6 +36,7 @@ def _weights(folder):
     return load_file(str(folder / "model" / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_data):
     full = tmp_path / "full"
     assert _train(full, tiny_data).wait(timeout=300) == 0
