@@ -514,12 +514,16 @@ def overlay_for(world: World, base_url: str | None = None, *, run: str = "paper-
 
 
 def proposed_keys(world: World) -> dict[str, Any]:
-    """The overlay keys the schema lacks today (for the lead): local timm weights and the
-    expected digests of this world."""
-    return {"detectors": {"resnet50": {"pretrained_file": str(world.timm_weights.get("resnet50"))},
-                          "xception": {"pretrained_file":
-                                       str(world.timm_weights.get("legacy_xception"))}},
-            "data": {"datasets": {"ricker": {"digests": dict(world.digests)}}}}
+    """What the overlay would set instead of its deviations once the schema has the keys
+    (for the lead): local timm weights, and this world's digests checked as errors."""
+    return {"detectors": {det: {"pretrained": True,
+                                "pretrained_file": str(world.timm_weights[name])}
+                          for det, name in (("resnet50", "resnet50"),
+                                            ("xception", "legacy_xception"))
+                          if name in world.timm_weights},
+            "data": {"datasets": {"ricker": {
+                "digests": dict(world.digests),
+                "check_digests": {"test": "error", "train": "error", "val": "error"}}}}}
 
 
 def rehearse(world: World, overlay: dict[str, Any], work: str | Path, cores: int = 2,
