@@ -6,9 +6,6 @@ import hashlib
 import json
 import os
 import socket
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,102 +16,13 @@ from bilora.data.fetch import (
     make_pool,
     read_lock,
 )
-
-RECORD = "7528113"
-
-
-class Zenodo:
-    """State of the fake Zenodo: files, listing, faults, and a log of requests."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.md5_override: dict[str, str] = {}
-        self.faults: dict[str, list[str]] = {}  # key -> faults consumed one per request
-        self.listing_body: bytes | None = None  # replaces the generated listing
-        self.log: list[tuple[float, str, dict[str, str]]] = []
-        self.base = ""
-
-    def add(self, key: str, data: bytes, *faults: str) -> None:
-        self.files[key] = data
-        self.faults[key] = list(faults)
-
-    def listing(self) -> bytes:
-        if self.listing_body is not None:
-            return self.listing_body
-        return json.dumps({"id": int(RECORD), "files": [
-            {"key": k, "size": len(v),
-             "checksum": "md5:" + self.md5_override.get(k, hashlib.md5(v).hexdigest()),
-             "links": {"self": f"{self.base}/api/records/{RECORD}/files/{k}/content"}}
-            for k, v in self.files.items()]}).encode()
-
-    def requests_for(self, key: str) -> list[tuple[float, str, dict[str, str]]]:
-        return [r for r in self.log if r[1].endswith(f"/files/{key}/content")]
-
-
-def _handler(state: Zenodo) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None,
-                  length: int | None = None) -> None:
-            self.send_response(status)
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body) if length is None else length))
-            self.end_headers()
-            self.wfile.write(body)
-            self.wfile.flush()
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            state.log.append((time.monotonic(), self.path, dict(self.headers)))
-            if self.path == f"/api/records/{RECORD}":
-                self._send(200, state.listing(), {"Content-Type": "application/json"})
-                return
-            key = self.path.rsplit("/", 2)[-2] if self.path.endswith("/content") else ""
-            if key not in state.files:
-                self._send(404, b"not found")
-                return
-            data = state.files[key]
-            fault = state.faults[key].pop(0) if state.faults[key] else ""
-            if fault == "404":
-                self._send(404, b"gone")
-                return
-            if fault == "503":
-                self._send(503, b"busy")
-                return
-            if fault == "429":
-                self._send(429, b"slow down", {"Retry-After": "1"})
-                return
-            start = 0
-            rng = self.headers.get("Range")
-            if rng and fault != "ignore-range":
-                start = int(rng.split("=")[1].split("-")[0])
-            body = data[start:]
-            if start:
-                headers = {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
-                status = 206
-            else:
-                headers, status = {}, 200
-            if fault == "cut":  # promise everything, send half, hang up
-                self._send(status, body[: len(body) // 2], headers, length=len(body))
-                self.close_connection = True
-                return
-            self._send(status, body, headers)
-
-    return Handler
+from tests.zenodo_server import RECORD, Zenodo, serve
 
 
 @pytest.fixture()
 def zenodo():
-    state = Zenodo()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    state.base = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serve() as state:
+        yield state
 
 
 def _fetch(state: Zenodo, tmp_path: Path, **kw):
