@@ -7,6 +7,7 @@ input size, and the tables name what ran.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,34 @@ import torch.nn.functional as F
 from bilora.detectors import Detector
 
 WEIGHTS = "model.safetensors"
+
+
+def check_weights_file(cfg: dict[str, Any]) -> None:
+    """A local weights file must exist and hold every weight of the model but its classifier
+    (timm loads a 2-class head without strict checks, so a partial file would pass silently).
+    """
+    import timm
+    from timm.models import load_state_dict
+
+    from bilora.errors import ArtifactError
+
+    path = cfg["pretrained_file"]
+    try:
+        state = load_state_dict(path)
+    except FileNotFoundError:
+        raise ArtifactError(f"pretrained_file {path} of {cfg['model_name']} does not "
+                            "exist") from None
+    except Exception as exc:  # noqa: BLE001 - any failure to read is the message
+        raise ArtifactError(f"pretrained_file {path}: not loadable ({exc})") from exc
+    with torch.device("meta"):
+        model = timm.create_model(cfg["model_name"], pretrained=False,
+                                  **copy.deepcopy(cfg["model_kwargs"]))
+    head = model.pretrained_cfg.get("classifier", "fc")
+    wanted = {k for k in model.state_dict() if not k.startswith(f"{head}.")}
+    missing = sorted(wanted - set(state))
+    if missing:
+        raise ArtifactError(f"pretrained_file {path} lacks {len(missing)} of the "
+                            f"{cfg['model_name']} weights (e.g. {missing[0]})")
 
 
 def check_config(section: dict[str, Any], key: str) -> None:
@@ -47,13 +76,12 @@ class TimmDetector(Detector):
 
     @staticmethod
     def _create(cfg: dict[str, Any], pretrained: bool) -> torch.nn.Module:
-        import copy
-
         import timm
 
         # timm edits some kwargs in place (xception's block_cfg): keep the config pristine
         kwargs = copy.deepcopy(cfg["model_kwargs"])
         if pretrained and cfg["pretrained_file"]:  # a local copy: no network, no cache
+            check_weights_file(cfg)
             kwargs["pretrained_cfg_overlay"] = {"file": cfg["pretrained_file"]}
         return timm.create_model(cfg["model_name"], pretrained=pretrained, num_classes=2,
                                  **kwargs)

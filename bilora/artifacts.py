@@ -167,17 +167,13 @@ def _timm_local(a: Artifact) -> Path | None:
     return path if path.is_file() else None
 
 
-def _timm_check(path: Path) -> list[Path]:
-    from timm.models import load_state_dict
+def _timm_check(a: Artifact, path: Path) -> list[Path]:
+    """Loadable, and holding every weight of the architecture but its classifier."""
+    from baselines.timm_detector import check_weights_file
 
     if not path.is_file():
         raise ArtifactError(f"{path}: no such weights file")
-    try:
-        state = load_state_dict(str(path))
-    except Exception as exc:  # noqa: BLE001 - any failure to load is the message
-        raise ArtifactError(f"{path}: not loadable weights ({type(exc).__name__}: {exc})") from exc
-    if not state:
-        raise ArtifactError(f"{path}: an empty state dict")
+    check_weights_file({"model_name": a.name, "model_kwargs": {}, "pretrained_file": str(path)})
     return [path]
 
 
@@ -221,7 +217,7 @@ def resolve(a: Artifact, allow_network: bool, configfile: str | None = None
         local = _blip2_fetch(a) if a.kind == "blip2" else _timm_fetch(a)
         fetched = True
     try:
-        files = _blip2_files(local) if a.kind == "blip2" else _timm_check(local)
+        files = _blip2_files(local) if a.kind == "blip2" else _timm_check(a, local)
     except ArtifactError as exc:
         raise ArtifactError(f"{a.kind} artifact {a.name!r} ({a.key}): {exc}") from None
     return {**asdict(a), "path": str(local), "bytes": _size(files), "fetched": fetched}

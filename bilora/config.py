@@ -421,7 +421,7 @@ def group_of(cfg: dict[str, Any], detector: str) -> str | None:
 
 class GroupScoreSpec(TypedDict):
     group: str
-    condition: list[str]
+    conditions: list[list[str]]
     cells: list[list]
     members: dict[str, ScoreSpec]
     batch_size: int
@@ -432,11 +432,17 @@ class GroupScoreSpec(TypedDict):
     jpeg_quality: int | None
 
 
-def group_score_spec(cfg: dict[str, Any], group: str, condition: str) -> GroupScoreSpec:
-    names = {condition_name(k, lv): [k, lv] for k, lv in conditions(cfg)}
+def group_chunks(cfg: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
+    """A scoring group's jobs (``chunk<k>``) and their conditions, round robin."""
+    n = min(cfg["evaluation"]["group_jobs"], len(conditions(cfg)))
+    return {f"chunk{k}": conditions(cfg)[k::n] for k in range(n)}
+
+
+def group_score_spec(cfg: dict[str, Any], group: str, chunk: str) -> GroupScoreSpec:
     members = {d: score_spec(cfg, d) for d in sharing_groups(cfg)[group]}
     cells_ = [[c.detector, c.train, c.seed] for d in members for c in cells(cfg, d)]
-    return {"group": group, "condition": names[condition], "members": members,
+    return {"group": group, "conditions": [list(c) for c in group_chunks(cfg)[chunk]],
+            "members": members,
             "cells": cells_,
             "batch_size": min(m["eval"]["batch_size"] for m in members.values()),
             "test_generators": cfg["generators"]["test"], "seed": cfg["seed"],

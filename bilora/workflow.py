@@ -109,8 +109,8 @@ def group_detectors(cfg: dict[str, Any]) -> list[str]:
     return [d for dets in C.sharing_groups(cfg).values() for d in dets]
 
 
-def condition_names(cfg: dict[str, Any]) -> list[str]:
-    return [C.condition_name(k, lv) for k, lv in C.conditions(cfg)]
+def group_chunk_names(cfg: dict[str, Any]) -> list[str]:
+    return list(C.group_chunks(cfg))
 
 
 def group_models(cfg: dict[str, Any], group: str) -> list[str]:
@@ -120,9 +120,9 @@ def group_models(cfg: dict[str, Any], group: str) -> list[str]:
 
 
 def group_markers(cfg: dict[str, Any], detector: str) -> list[str]:
-    """The finished-condition markers of a detector's scoring group."""
+    """The markers of a detector's scoring group's finished jobs."""
     group = C.group_of(cfg, detector)
-    return [f"{results(cfg)}/groups/{group}/{c}.json" for c in condition_names(cfg)]
+    return [f"{results(cfg)}/groups/{group}/{c}.json" for c in group_chunk_names(cfg)]
 
 
 def group_base(cfg: dict[str, Any], group: str) -> list[str]:
@@ -223,8 +223,9 @@ def lsun_args(cfg: dict[str, Any], dataset: str) -> str:
 
 
 def digest_args(cfg: dict[str, Any], dataset: str, split: str) -> str:
-    mode = cfg["data"]["datasets"][dataset]["check_digests"][split]
-    args = [f"{raw_dir(cfg, dataset)}/{split}", "--expect", f"ricker-{split}"]
+    ds = cfg["data"]["datasets"][dataset]
+    mode = ds["check_digests"][split]
+    args = [f"{raw_dir(cfg, dataset)}/{split}", "--expect", ds["digests"][split]]
     return shlex.join(args + (["--warn-only"] if mode == "warn" else []))
 
 

@@ -133,6 +133,13 @@ def test_a_local_weights_file_is_used_without_any_cache(tmp_path, caches):
     assert run.returncode == 0, run.stderr[-3000:]
     expected = 2 * float(resnet["layer1.0.conv1.weight"].flatten()[:5].sum())
     assert float(run.stdout.split()[-1]) == pytest.approx(expected, rel=1e-6)
+    partial = tmp_path / "partial.safetensors"  # timm would load it silently (strict=False)
+    save_file({k: v.contiguous() for k, v in resnet.items() if not k.startswith("layer4")},
+              str(partial))
+    spec = json.dumps([{"kind": "timm", "name": "resnet50", "key": "detectors.r.pretrained_file",
+                        "file": str(partial)}])
+    out = _prefetch(tmp_path, "--spec", spec)
+    assert out.returncode == 1 and "lacks 60 of the resnet50 weights" in out.stderr
     missing = {**cfg, "pretrained_file": str(tmp_path / "nowhere.pth")}
     spec = json.dumps([{"kind": "timm", "name": "resnet50", "key": "detectors.r.pretrained_file",
                         "file": missing["pretrained_file"]}])

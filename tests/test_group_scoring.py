@@ -44,7 +44,7 @@ def cells(tmp_path_factory, tiny_data, tiny_base, default_cfg):
 
 def _group_spec(cells, condition):
     members = {score["detector_id"]: score for _, _, score in cells}
-    return {"group": "g", "condition": list(condition), "members": members,
+    return {"group": "g", "conditions": [list(condition)], "members": members,
             "cells": [[s["detector_id"], g, 42] for _, g, s in cells], "batch_size": 64,
             "test_generators": GENS, "seed": 1, "protocol": "ricker", "device": "cpu",
             "jpeg_quality": None}
@@ -63,7 +63,7 @@ def test_group_and_cell_scoring_give_the_same_scores(cells, tiny_data, tmp_path)
     for kind, levels in PERTURBATIONS.items():
         for level in levels:
             done = _score_group(root, cells, tiny_data, (kind, str(level)))
-            assert [c["scored"] for c in done["cells"]] == [True, True, True]
+            assert done["conditions"][0]["scored"] == [True, True, True]
     for cell, gen, score in cells:
         grouped = cell / "scores.parquet"
         assert main(["gather-scores", "--spec", json.dumps(score), "--model",
@@ -92,7 +92,7 @@ def test_a_changed_cell_is_the_only_one_rescored(cells, tiny_data, default_cfg, 
                  str(tiny_base), "--out", str(cell / "model"), "--checkpoint-dir",
                  str(cell / "checkpoint"), "--quiet"]) == 0
     done = _score_group(root, cells, tiny_data, ("jpeg", "50"))
-    assert [c["scored"] for c in done["cells"]] == [False, True, False]
+    assert done["conditions"][0]["scored"] == [False, True, False]
     assert main(["gather-scores", "--spec", json.dumps(score), "--model", str(cell / "model"),
                  "--manifest", str(tiny_data), "--train-generator", gen, "--seed", "42",
                  "--out", str(root / "x.parquet")]) == 1  # the other conditions are stale

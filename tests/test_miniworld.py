@@ -18,10 +18,10 @@ import lmdb
 import pandas as pd
 import pytest
 import yaml
+from bilora.data.commands import main
 from PIL import Image
 
 from bilora import config as C
-from bilora.data.commands import main
 from tests.miniworld import (
     ARCHIVES,
     REHEARSAL_SIZES,

@@ -97,7 +97,7 @@ def test_changing_one_detector_reruns_its_cells_and_the_report_only(run):
     (run / "changed.yaml").write_text(yaml.safe_dump(cfg))
     out = smk("-n", "all", "--configfile", str(run / "changed.yaml"), cwd=run)
     assert job_counts(out.stdout) == {"train_detector": 2, "score_cell": 2, "compute_metrics": 1,
-                                      "render_report": 1, "all": 1}
+                                      "collect_warnings": 1, "render_report": 1, "all": 1}
     assert "xception/train" not in out.stdout.split("Job stats")[0].replace(
         "results/e2e/xception/train=sim-LDM/seed=42/scores.parquet", "")  # metrics input only
     same = smk("-n", "all", "--configfile", str(run / "config.yaml"), cwd=run)
@@ -143,7 +143,8 @@ def test_paper_dry_run_has_21_training_jobs_fed_by_the_data_jobs(tmp_path):
         and "--test-fakes-per-generator 10000" in line for line in genimage)
     # 14 baseline cells scored alone; the 7 Bi-LoRA cells share one image pass per condition
     assert counts["train_detector"] == 21 and counts["score_cell"] == 14
-    assert counts["score_group"] == 23 and counts["gather_scores"] == 7
+    # the 23 conditions of the group split over evaluation.group_jobs = 8 jobs
+    assert counts["score_group"] == 8 and counts["gather_scores"] == 7
     assert counts["prefetch_models"] == 1
     assert counts["fetch_zenodo_record"] == 1 and counts["rebuild_lsun_real"] == 1
     assert counts["organize_dataset"] == 3 and counts["extract_archives"] == 1

@@ -193,15 +193,17 @@ def cmd_score_group(args: argparse.Namespace) -> int:
     parts = [(_parts(Path(m).parent / "scores.parquet"),
               _cell_fingerprint(spec["members"][det], m, rows))
              for (det, _, _), m in zip(cells, args.models, strict=True)]
-    kind, level = spec["condition"]
-    scored = score_group(group, rows, (kind, level), parts, spec["seed"], spec["protocol"],
-                         spec["batch_size"], args.num_workers, spec["jpeg_quality"],
-                         progress=not args.quiet)
-    log.info("%s=%s: %d adapters scored, %d reused", kind, level, sum(scored),
-             len(scored) - sum(scored))
-    write_json(args.out, {"condition": [kind, level], "cells": [
-        {"cell": list(c), "parts": str(p), "fingerprint": fp, "scored": s}
-        for c, (p, fp), s in zip(cells, parts, scored, strict=True)]})
+    done = []
+    for kind, level in spec["conditions"]:
+        scored = score_group(group, rows, (kind, level), parts, spec["seed"], spec["protocol"],
+                             spec["batch_size"], args.num_workers, spec["jpeg_quality"],
+                             progress=not args.quiet)
+        log.info("%s=%s: %d adapters scored, %d reused", kind, level, sum(scored),
+                 len(scored) - sum(scored))
+        done.append({"condition": [kind, level], "scored": scored})
+    write_json(args.out, {"conditions": done, "cells": [
+        {"cell": list(c), "parts": str(p), "fingerprint": fp}
+        for c, (p, fp) in zip(cells, parts, strict=True)]})
     return 0
 
 
@@ -309,7 +311,7 @@ def register(sub: argparse._SubParsersAction) -> None:
              workers=True)
     s.add_argument("--models", nargs="+", required=True, help="the group's trained models")
     s.add_argument("--manifest", nargs="+", required=True)
-    s.add_argument("--out", required=True, help="marker of the finished condition (JSON)")
+    s.add_argument("--out", required=True, help="marker of the finished conditions (JSON)")
     s = step("gather-scores", cmd_gather_scores, "a cell's scores file from the finished "
              "conditions its group scored")
     s.add_argument("--model", required=True)

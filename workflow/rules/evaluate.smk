@@ -1,8 +1,9 @@
 # Evaluation: every trained model scores every test generator under every perturbation;
 # per-image scores are kept, so a new metric needs no forward pass.
 #   score_cell     one job per cell (timm, dummy, and Bi-LoRA with evaluation.sharing: cell)
-#   score_group    Bi-LoRA cells sharing a frozen base: one job per condition computes each
-#                  test image's frozen features once and runs every adapter from them
+#   score_group    Bi-LoRA cells sharing a frozen base: a job (evaluation.group_jobs of them)
+#                  computes each test image's frozen features once per condition and runs
+#                  every adapter from them
 #   gather_scores  a grouped cell's scores.parquet, in the same format as score_cell's
 
 
@@ -37,14 +38,14 @@ rule score_group:
         manifests=W.manifests_for(config, config["generators"]["test"]),
         base=lambda w: W.group_base(config, w.group),
     output:
-        f"{RES}/groups/{{group}}/{{condition}}.json",
+        f"{RES}/groups/{{group}}/{{chunk}}.json",
     wildcard_constraints:
         group=W.regex(list(C.sharing_groups(config))),
-        condition=W.regex(W.condition_names(config)),
+        chunk=W.regex(W.group_chunk_names(config)),
     params:
-        spec=lambda w: W.json_param(C.group_score_spec(config, w.group, w.condition)),
+        spec=lambda w: W.json_param(C.group_score_spec(config, w.group, w.chunk)),
     log:
-        f"{RES}/groups/{{group}}/{{condition}}.log",
+        f"{RES}/groups/{{group}}/{{chunk}}.log",
     threads: config["threads"]
     resources:
         gpu=W.gpu(config),
