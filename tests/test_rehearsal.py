@@ -90,25 +90,19 @@ def test_results_are_complete_and_the_method_is_the_papers(rehearsal):
     model = res / "bilora" / "train=LDM" / "seed=42" / "model"
     assert (model / adapter["base_model_name_or_path"]).resolve() == world.blip2.resolve()
     assert (res / "tables" / "paper_vs_reproduced.md").exists()
-    assert "Ricker" in (res / "tables" / "robustness_accuracy.md").read_text() or True
+    assert "ricker" in (res / "tables" / "robustness_accuracy.md").read_text().lower()
 
 
 def test_a_second_run_has_nothing_to_do_and_a_change_reruns_only_its_cells(rehearsal):
     world, work, _, _, overlay = rehearsal
     paper = str(PAPER)
-    with serve_world(world, faults=()) as _server:
-        over = {**overlay, "data": {**overlay["data"], "datasets": {
-            **overlay["data"]["datasets"],
-            "ricker": {**overlay["data"]["datasets"]["ricker"],
-                       "zenodo": {"base_url": overlay["data"]["datasets"]["ricker"]["zenodo"][
-                           "base_url"]}}}}}
-        (work / "same.yaml").write_text(yaml.safe_dump(over))
-        same = smk("-n", "all", "--configfile", paper, str(work / "same.yaml"), cwd=work)
-        assert "Nothing to be done" in same.stdout + same.stderr
-        changed = yaml.safe_load(yaml.safe_dump(over))
-        changed["detectors"]["resnet50"]["train"]["lr"] = 3e-4
-        (work / "lr.yaml").write_text(yaml.safe_dump(changed))
-        out = smk("-n", "all", "--configfile", paper, str(work / "lr.yaml"), cwd=work)
+    (work / "same.yaml").write_text(yaml.safe_dump(overlay))  # the same URL: nothing fetched
+    same = smk("-n", "all", "--configfile", paper, str(work / "same.yaml"), cwd=work)
+    assert "Nothing to be done" in same.stdout + same.stderr
+    changed = yaml.safe_load(yaml.safe_dump(overlay))
+    changed["detectors"]["resnet50"]["train"]["lr"] = 3e-4
+    (work / "lr.yaml").write_text(yaml.safe_dump(changed))
+    out = smk("-n", "all", "--configfile", paper, str(work / "lr.yaml"), cwd=work)
     assert job_counts(out.stdout) == {"train_detector": 7, "score_cell": 7,
                                       "collect_warnings": 1, "compute_metrics": 1,
                                       "render_report": 1, "all": 1}
