@@ -299,26 +299,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--base", default=None, help="built base model folder (tiny BLIP-2)")
     s.add_argument("--cache-dir", default=None,
                    help="shared folder of frozen-feature caches (default: the cell's own)")
-    s = step("score", cmd_score, "score a trained detector on every test set x perturbation",
-             threads=True, quiet=True, workers=True)
-    s.add_argument("--model", required=True)
-    s.add_argument("--manifest", nargs="+", required=True)
-    s.add_argument("--train-generator", required=True)
-    s.add_argument("--seed", required=True, type=int, help="the cell's training seed")
-    s.add_argument("--out", required=True)
+    def cell_scores(s: argparse.ArgumentParser) -> None:
+        """The arguments of a step that writes one cell's scores file."""
+        s.add_argument("--model", required=True)
+        s.add_argument("--manifest", nargs="+", required=True)
+        s.add_argument("--train-generator", required=True)
+        s.add_argument("--seed", required=True, type=int, help="the cell's training seed")
+        s.add_argument("--out", required=True)
+
+    cell_scores(step("score", cmd_score, "score a trained detector on every test set x "
+                     "perturbation", threads=True, quiet=True, workers=True))
     s = step("score-group", cmd_score_group, "score a group of Bi-LoRA adapters that share a "
              "base under one condition, with one image pass", threads=True, quiet=True,
              workers=True)
     s.add_argument("--models", nargs="+", required=True, help="the group's trained models")
     s.add_argument("--manifest", nargs="+", required=True)
     s.add_argument("--out", required=True, help="marker of the finished conditions (JSON)")
-    s = step("gather-scores", cmd_gather_scores, "a cell's scores file from the finished "
-             "conditions its group scored")
-    s.add_argument("--model", required=True)
-    s.add_argument("--manifest", nargs="+", required=True)
-    s.add_argument("--train-generator", required=True)
-    s.add_argument("--seed", required=True, type=int, help="the cell's training seed")
-    s.add_argument("--out", required=True)
+    cell_scores(step("gather-scores", cmd_gather_scores, "a cell's scores file from the "
+                     "finished conditions its group scored"))
     s = step("collect-warnings", cmd_collect_warnings, "gather the run's warnings (digests, "
              "rejected images, short sets, training fallbacks)")
     s.add_argument("--manifests", nargs="*", default=[])
