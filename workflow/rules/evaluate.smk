@@ -15,7 +15,7 @@ rule score_cell:
         f"{RES}/{{detector}}/train={{generator}}/score.log",
     threads: config["threads"]
     resources:
-        gpu=W.gpu(config),
+        **R.smk_resources(config, "score_cell"),
         num_workers=config["data"]["num_workers"],
     conda:
         ENV

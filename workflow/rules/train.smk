@@ -10,6 +10,8 @@ rule build_base_model:
     log:
         f"{RES}/{{detector}}/build_base_model.log",
     threads: 1
+    resources:
+        **R.smk_resources(config, "build_base_model"),
     conda:
         ENV
     shell:
@@ -30,7 +32,7 @@ rule train_detector:
         f"{RES}/{{detector}}/train={{generator}}/train.log",
     threads: config["threads"]
     resources:
-        gpu=W.gpu(config),
+        **R.smk_resources(config, "train_detector"),
         # not a rerun trigger (unlike params): decoding workers do not change results
         num_workers=config["data"]["num_workers"],
     conda:
