@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -287,6 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
+    log.info("job: host=%s slurm_job_id=%s cpus=%s cuda_visible_devices=%s",
+             os.uname().nodename, os.environ.get("SLURM_JOB_ID", "-"),
+             os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count(),
+             os.environ.get("CUDA_VISIBLE_DEVICES", "-"))
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
