@@ -11,7 +11,8 @@
 # geometry from `slurmd -C`, starts munged, slurmctld and slurmd as plain root daemons and
 # waits until the node is idle. --fake-gpus N (or $BILORA_SLURM_FAKE_GPUS) declares N GPUs
 # backed by character devices, enough to schedule `--gpus` requests; nothing computes on them.
-# stop: ends the three daemons by their pid files (slurmd, slurmctld, munged); idempotent.
+# stop: ends the three daemons by their pid files (slurmd, slurmctld, munged) and removes the
+# config files it wrote; idempotent.
 # Needs root. Refuses to touch a /etc/slurm/slurm.conf it did not write.
 set -euo pipefail
 
@@ -71,7 +72,15 @@ do_stop_in() {  # do_stop_in STATE_FOLDER
     stop_pidfile munged "$1/run/munged.pid"
 }
 
-do_stop() { do_stop_in "$STATE"; }
+do_stop() {
+    do_stop_in "$STATE"
+    # no config left behind: with a slurm.conf and no controller, every `scontrol` (and so
+    # every Snakemake start with the SLURM plugin installed) waits 10 s for an answer
+    local f
+    for f in "$CONF" "$GRES_CONF"; do
+        if [ -f "$f" ] && grep -qF "$MARKER" "$f"; then rm -f "$f"; fi
+    done
+}
 
 show_logs() {
     for f in "$STATE"/log/*.log; do
