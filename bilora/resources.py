@@ -42,6 +42,7 @@ SOURCES = {"make_procedural_dataset": ("procedural",), "organize_dataset": ("zen
 # for an A100-class card at small batches; CPU per thread is ~1/3 of the 130-140 GFLOP/s
 # measured here for BLIP-2's matmuls (small convolutions run slower).
 GPU_FLOPS = {"bfloat16": 40e12, "float16": 40e12, "float32": 10e12}
+INFERENCE_SPEEDUP = 2.0           # scoring: no backward pass, larger batches
 CPU_FLOPS_PER_THREAD = 40e9
 DECODE_S_PER_PIXEL = 40e-9        # PNG/JPEG decode + resize, one worker (256 px: ~2.6 ms)
 DOWNLOAD_BYTES_PER_S = 10e6
@@ -143,6 +144,8 @@ def _model_job(cfg: Mapping[str, Any], rule: str, detector: str, generator: str
         batch = det["eval"]["batch_size"]
         optimizer_mb = 0.0
     rate = GPU_FLOPS.get(dtype, GPU_FLOPS["float32"]) if gpu else CPU_FLOPS_PER_THREAD * threads
+    if rule == "score_cell":
+        rate *= INFERENCE_SPEEDUP
     decode_s = images * counts["size"] ** 2 * DECODE_S_PER_PIXEL / max(1, workers)
     weight_bytes = {"bfloat16": 2, "float16": 2}.get(dtype, 4)
     weights_mb = params * weight_bytes / 2**20
