@@ -36,7 +36,8 @@ WILDCARDS = {"train_detector": ("detector", "generator"), "score_cell": ("detect
              **{r: ("dataset",) for r in DATA_RULES if r != "check_split_digest"}}
 # the datasets a data rule can run for (sizing a rule without its wildcards)
 SOURCES = {"make_procedural_dataset": ("procedural",), "organize_dataset": ("zenodo", "local"),
-           **{r: ("zenodo",) for r in DATA_RULES[1:5]}}
+           **{r: ("zenodo",) for r in ("fetch_zenodo_record", "extract_archives",
+                                       "rebuild_lsun_real", "check_split_digest")}}
 
 # Throughputs (FLOP/s actually achieved, per job): GPU bf16/fp16 and fp32 are conservative
 # for an A100-class card at small batches; CPU per thread is ~1/3 of the 130-140 GFLOP/s
