@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from bilora import config as C
+from bilora import resources as R
 from bilora import workflow as W
 
 _given = [str(f) for f in getattr(workflow.config_settings, "configfiles", None) or []]

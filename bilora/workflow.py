@@ -179,11 +179,6 @@ def published_inputs(cfg: dict[str, Any]) -> list[str]:
     return [spec["published"]["file"]] if spec["published"] else []
 
 
-def gpu(cfg: dict[str, Any]) -> int:
-    """GPUs a model job asks for (``--resources gpu=N`` caps how many run at once)."""
-    return 0 if cfg["device"] == "cpu" else 1
-
-
 # -- real datasets ------------------------------------------------------------------------
 
 def raw_dir(cfg: dict[str, Any], dataset: str) -> str:
@@ -279,6 +274,8 @@ def organize_args(cfg: dict[str, Any], dataset: str) -> str:
             args += ["--splits", *ds["splits"]]
         if ds["test_reals"] == "shared":
             args += ["--test-reals-from", manifest(cfg, cfg["data"]["shared_test_reals"])]
+        elif dataset != cfg["data"]["shared_test_reals"]:
+            args += ["--cap-test-reals"]  # its own reals, capped like its fakes
         if ds["train_reals"] == "lsun":
             args += ["--train-reals-dir",
                      f"{dataset_dir(cfg, C.lsun_dataset(cfg))}/raw/lsun_extra"]

@@ -85,7 +85,7 @@ def test_shared_reals_replace_the_own_test_reals(world):
 def test_own_reals_are_an_option_and_capped_like_the_fakes(world):
     tmp_path, _, sd = world
     out = _organize(tmp_path, sd, "--test-fakes-per-generator", "3",
-                    "--train-per-class", "8")
+                    "--train-per-class", "8", "--cap-test-reals")
     df = pd.read_parquet(out)
     counts = df.groupby(["split", "label"]).size().to_dict()
     # train: 9 fakes -> 8, 7 reals (fewer than the cap: all kept); test: 14 -> 3, 4 -> 3

@@ -44,7 +44,8 @@ def _job_line() -> str:
     """Where a job runs: host, SLURM job id (when under SLURM), CPUs it may use."""
     cpus = os.environ.get("SLURM_CPUS_PER_TASK") or str(len(os.sched_getaffinity(0)))
     return (f"job: host={socket.gethostname()} "
-            f"slurm_job_id={os.environ.get('SLURM_JOB_ID', '-')} cpus={cpus}")
+            f"slurm_job_id={os.environ.get('SLURM_JOB_ID', '-')} cpus={cpus} "
+            f"cuda_visible_devices={os.environ.get('CUDA_VISIBLE_DEVICES', '-')}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -112,7 +112,8 @@ def _organize(args: argparse.Namespace) -> int:
                   splits=args.splits, progress=not args.quiet,
                   test_reals_from=args.test_reals_from, train_reals_dir=args.train_reals_dir,
                   train_per_class=args.train_per_class,
-                  test_fakes_per_generator=args.test_fakes_per_generator, seed=args.seed)
+                  test_fakes_per_generator=args.test_fakes_per_generator, seed=args.seed,
+                  cap_test_reals=args.cap_test_reals)
     print(f"{len(df)} images in {args.out}")
     return 0
 
@@ -206,6 +207,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-per-class", type=int, help="cap of train images per class")
     p.add_argument("--test-fakes-per-generator", type=int, help="cap of test fakes per generator")
     p.add_argument("--seed", type=int, default=0, help="seed of the capped samples")
+    p.add_argument("--cap-test-reals", action="store_true",
+                   help="cap the dataset's own test reals like its fakes (not a shared set)")
     p.add_argument("--out", required=True, help="manifest parquet to write")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_organize)

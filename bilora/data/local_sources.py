@@ -276,14 +276,15 @@ def organize(layout: str, source: str | os.PathLike, dataset_dir: str | os.PathL
              progress: bool = True, test_reals_from: str | os.PathLike | None = None,
              train_reals_dir: str | os.PathLike | None = None,
              train_per_class: int | None = None, test_fakes_per_generator: int | None = None,
-             seed: int = 0) -> pd.DataFrame:
+             seed: int = 0, cap_test_reals: bool = False) -> pd.DataFrame:
     """Map ``source`` with ``layout`` and write the dataset's manifest (and rejects.csv).
 
     ``test_reals_from``: the test reals of every generator are the shared real set of that
     manifest instead of the dataset's own. ``train_reals_dir``: the train reals are a
     further LSUN block rebuilt there instead of the dataset's own. ``train_per_class``
-    and ``test_fakes_per_generator`` cap the images per class by a seeded sample (own test
-    reals are capped like the fakes); the sample is recorded in the manifest.
+    and ``test_fakes_per_generator`` cap the images per class by a seeded sample (with
+    ``cap_test_reals``, a dataset's own test reals are capped like its fakes; a shared real
+    set is never capped); the sample is recorded in the manifest.
     """
     import logging
 
@@ -300,7 +301,8 @@ def organize(layout: str, source: str | os.PathLike, dataset_dir: str | os.PathL
             entries += lsun_train_reals(train_reals_dir, g, dataset_dir)
     caps = {("train", 0): train_per_class, ("train", 1): train_per_class,
             ("test", 1): test_fakes_per_generator,
-            ("test", 0): None if test_reals_from is not None else test_fakes_per_generator}
+            ("test", 0): test_fakes_per_generator if cap_test_reals and test_reals_from is None
+            else None}
     entries, notes = sample_entries(entries, caps, seed, Path(dataset_dir).name)
     log = logging.getLogger("bilora.data")
     for n in notes:

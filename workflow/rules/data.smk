@@ -13,6 +13,8 @@ rule make_procedural_dataset:
     log:
         f"{ROOT}/{{dataset}}/logs/make_procedural_dataset.log",
     threads: 4  # capped at --cores
+    resources:
+        **R.smk_resources(config, "make_procedural_dataset"),
     conda:
         ENV
     shell:
@@ -30,6 +32,8 @@ rule fetch_zenodo_record:
         f"{ROOT}/{{dataset}}/logs/fetch_zenodo_record.log",
     retries: 2
     threads: 1
+    resources:
+        **R.smk_resources(config, "fetch_zenodo_record"),
     conda:
         ENV
     shell:
@@ -46,6 +50,8 @@ rule extract_archives:
     log:
         f"{ROOT}/{{dataset}}/logs/extract_archives.log",
     threads: 1
+    resources:
+        **R.smk_resources(config, "extract_archives"),
     conda:
         ENV
     shell:
@@ -62,6 +68,8 @@ rule rebuild_lsun_real:
     log:
         f"{ROOT}/{{dataset}}/logs/rebuild_lsun_real.log",
     threads: 4
+    resources:
+        **R.smk_resources(config, "rebuild_lsun_real"),
     conda:
         ENV
     shell:
@@ -80,6 +88,8 @@ rule check_split_digest:
     log:
         f"{ROOT}/{{dataset}}/logs/check_split_digest_{{split}}.log",
     threads: 1
+    resources:
+        **R.smk_resources(config, "check_split_digest"),
     conda:
         ENV
     shell:
@@ -99,6 +109,8 @@ rule organize_dataset:
     log:
         f"{ROOT}/{{dataset}}/logs/organize_dataset.log",
     threads: 1
+    resources:
+        **R.smk_resources(config, "organize_dataset"),
     conda:
         ENV
     shell:

@@ -22,7 +22,7 @@ rule score_cell:
         f"{CELL}/score.log",
     threads: config["threads"]
     resources:
-        gpu=W.gpu(config),
+        **R.smk_resources(config, "score_cell"),
         num_workers=config["data"]["num_workers"],
     conda:
         ENV
@@ -48,7 +48,7 @@ rule score_group:
         f"{RES}/groups/{{group}}/{{chunk}}.log",
     threads: config["threads"]
     resources:
-        gpu=W.gpu(config),
+        **R.smk_resources(config, "score_group"),
         num_workers=config["data"]["num_workers"],
     conda:
         ENV
@@ -72,6 +72,8 @@ rule gather_scores:
     log:
         f"{CELL}/score.log",
     threads: 1
+    resources:
+        **R.smk_resources(config, "gather_scores"),
     conda:
         ENV
     shell:

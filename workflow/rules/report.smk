@@ -13,6 +13,8 @@ rule compute_metrics:
     log:
         f"{RES}/logs/compute_metrics.log",
     threads: 1
+    resources:
+        **R.smk_resources(config, "compute_metrics"),
     conda:
         ENV
     shell:
@@ -31,6 +33,8 @@ rule collect_warnings:
     log:
         f"{RES}/logs/collect_warnings.log",
     threads: 1
+    resources:
+        **R.smk_resources(config, "collect_warnings"),
     conda:
         ENV
     shell:
@@ -56,6 +60,8 @@ rule render_report:
     log:
         f"{RES}/logs/render_report.log",
     threads: 1
+    resources:
+        **R.smk_resources(config, "render_report"),
     conda:
         ENV
     shell:

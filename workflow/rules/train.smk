@@ -11,6 +11,8 @@ rule build_base_model:
     log:
         f"{RES}/bases/{{base}}.log",
     threads: 1
+    resources:
+        **R.smk_resources(config, "build_base_model"),
     conda:
         ENV
     shell:
@@ -25,6 +27,8 @@ rule prefetch_models:
     log:
         f"{RES}/logs/prefetch_models.log",
     threads: 1
+    resources:
+        **R.smk_resources(config, "prefetch_models"),
     conda:
         ENV
     shell:
@@ -46,7 +50,7 @@ rule train_detector:
         f"{CELL}/train.log",
     threads: config["threads"]
     resources:
-        gpu=W.gpu(config),
+        **R.smk_resources(config, "train_detector"),
         # not a rerun trigger (unlike params): decoding workers do not change results
         num_workers=config["data"]["num_workers"],
     conda:
