@@ -21,6 +21,8 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +128,39 @@ class FeatureTable(torch.utils.data.Dataset):
             self._array = np.load(self.path, mmap_mode="r")
         x = torch.from_numpy(np.array(self._array[i]))
         return (x.view(torch.bfloat16) if self.bfloat16 else x), self.labels[i]
+
+
+@dataclass
+class CachePlan:
+    """How a training run reads its data: from images, or from a frozen-feature cache."""
+
+    dataset: torch.utils.data.Dataset
+    stage: str | None
+    note: str  # "<stage>: why", "fallback: why" (auto could not cache), "none: why"
+    file: Path | None = None
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+
+def prepare(detector, images: torch.utils.data.Dataset, rows: pd.DataFrame,
+            jpeg_quality: int | None, folder: Path, augmenting: bool, num_workers: int = 0,
+            progress: bool = True) -> CachePlan:
+    """Decide where training reads from (and build the cache when it is exact)."""
+    setting = detector.cfg.get("feature_cache")  # None: a kind without one
+    stage, why = cache_point(detector, setting, augmenting)
+    if stage is None:
+        fell_back = setting == "auto"
+        if fell_back:
+            log.warning("feature_cache is auto but %s: training from images", why)
+        else:
+            log.info("training without a frozen-feature cache: %s", why)
+        return CachePlan(images, None, f"{'fallback' if fell_back else 'none'}: {why}")
+    key = cache_key(detector, stage, rows, jpeg_quality)
+    path = build(detector, images, stage, folder / f"{key}.npy",
+                 detector.cfg["eval"]["batch_size"], num_workers, progress=progress)
+    log.info("training from cached features: %s", why)
+
+    def loss_fn(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return detector.loss_from_features(x, labels, stage)
+
+    table = FeatureTable(path, rows["label"].astype(int).tolist())
+    return CachePlan(table, stage, f"{stage}: {why}", path, loss_fn)

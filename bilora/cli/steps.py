@@ -85,43 +85,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     counts = det.parameter_counts()
     log.info("%s: %d images of %s; parameters %d, trainable %d", spec["detector_id"], len(rows),
              spec["train_generator"], counts["total"], counts["trainable"])
-    train_cfg = det.cfg["train"]
-    dataset = ImageTable(rows, det.input_size, jpeg_quality=spec["jpeg_quality"])
-    stage, why = feature_cache.cache_point(det, det.cfg.get("feature_cache"),
-                                           augments(train_cfg))
-    loss_fn, cache_file = None, None
-    cache_note = f"{stage}: {why}"
-    if stage is None:
-        log.info("training without a frozen-feature cache: %s", why)
-        fell_back = det.cfg.get("feature_cache") == "auto"
-        cache_note = f"{'fallback' if fell_back else 'none'}: {why}"
-        if fell_back:
-            log.warning("feature_cache is auto but %s: training from images", why)
-    else:
-        key = feature_cache.cache_key(det, stage, rows, spec["jpeg_quality"])
-        folder = Path(args.cache_dir) if args.cache_dir else Path(args.out).parent / "features"
-        cache_file = feature_cache.build(det, dataset, stage, folder / f"{key}.npy",
-                                         det.cfg["eval"]["batch_size"], args.num_workers,
-                                         progress=not args.quiet)
-        log.info("training from cached features: %s", why)
-        dataset = feature_cache.FeatureTable(cache_file, rows["label"].astype(int).tolist())
-
-        def loss_fn(x, labels):
-            return det.loss_from_features(x, labels, stage)
-    history = train_detector(det, dataset, train_cfg, spec["seed"], args.checkpoint_dir,
-                             digest([spec, data_digest, stage], length=40),
+    images = ImageTable(rows, det.input_size, jpeg_quality=spec["jpeg_quality"])
+    plan = feature_cache.prepare(det, images, rows, spec["jpeg_quality"],
+                                 Path(args.cache_dir or Path(args.out).parent / "features"),
+                                 augments(det.cfg["train"]), args.num_workers,
+                                 progress=not args.quiet)
+    history = train_detector(det, plan.dataset, det.cfg["train"], spec["seed"],
+                             args.checkpoint_dir, digest([spec, data_digest, plan.stage], 40),
                              num_workers=args.num_workers, progress=not args.quiet,
-                             loss_fn=loss_fn)
+                             loss_fn=plan.loss_fn)
     save_detector(det, args.out, provenance(spec, data_manifest_sha1=data_digest,
                                             history=json.dumps(history),
-                                            feature_cache=cache_note))
+                                            feature_cache=plan.note))
     # trained and saved: a later forced rerun (new code, new base) must train again, and a
     # finished cell leaves no checkpoint folder behind
     (Path(args.checkpoint_dir) / CHECKPOINT).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         Path(args.checkpoint_dir).rmdir()
-    if cache_file is not None and not args.cache_dir:  # a cell's own cache served its purpose
-        shutil.rmtree(cache_file.parent, ignore_errors=True)
+    if plan.file is not None and not args.cache_dir:  # a cell's own cache served its purpose
+        shutil.rmtree(plan.file.parent, ignore_errors=True)
     return 0
 
 
