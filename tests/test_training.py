@@ -14,6 +14,7 @@ from bilora.detectors import create_detector
 from bilora.training import CHECKPOINT, augment, learning_rate, train_detector
 
 SPEC = {"detector_id": "r", "train_generator": "sim-LDM", "seed": 11, "device": "cpu",
+        "jpeg_quality": None,
         "num_workers": 0,
         "detector": {"kind": "timm", "model_name": "resnet50", "pretrained": False,
                      "image_size": 48, "model_kwargs": {"layers": [1, 1, 1, 1],
