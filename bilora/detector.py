@@ -254,7 +254,7 @@ class BiLoRADetector(Detector):
             p_fake = torch.full_like(p_fake, float("nan"))
             p_fake[token == self.word_ids[0]] = 0.0
             p_fake[token == self.word_ids[1]] = 1.0
-        return p_fake.cpu(), token.cpu()
+        return p_fake, token  # on the model's device: no sync per adapter of a group
 
     # -- from images --------------------------------------------------------
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -264,7 +264,7 @@ class BiLoRADetector(Detector):
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        return self.predict_tokens(images)[0]
+        return self.predict_tokens(images)[0].cpu()
 
     @torch.no_grad()
     def predict_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

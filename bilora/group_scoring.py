@@ -116,7 +116,7 @@ def score_group(group: AdapterGroup, rows: pd.DataFrame, condition: tuple[str, s
         for images, _ in progress_bar(loader(ds, batch_size, num_workers, device),
                                       f"{desc} x {len(which)} adapters", progress):
             for i, (p, t) in group.predict(images, which).items():
-                out[i].append((p.float(), t.to(torch.int32)))
+                out[i].append((p.float().cpu(), t.to(torch.int32).cpu()))
         return {str(i): (torch.cat([p for p, _ in v]), torch.cat([t for _, t in v]))
                 for i, v in out.items()}
 
