@@ -18,10 +18,10 @@ import lmdb
 import pandas as pd
 import pytest
 import yaml
-from bilora.data.commands import main
 from PIL import Image
 
 from bilora import config as C
+from bilora.cli import main
 from tests.miniworld import (
     ARCHIVES,
     OVERLAY_KEYS,
@@ -315,7 +315,7 @@ def test_overlay_changes_only_scale_and_places(world):
     ricker = cfg["data"]["datasets"]["ricker"]
     assert ricker["lsun"]["lmdb"] == str(world.lmdb) and ricker["lsun"]["size"] == Sizes.size
     assert ricker["zenodo"] == {**paper["data"]["datasets"]["ricker"]["zenodo"],
-                                "base_url": "http://127.0.0.1:9"}
+                                "lock": None, "base_url": "http://127.0.0.1:9"}
     assert cfg["detectors"]["bilora"]["base_model"] == {"source": "pretrained",
                                                         "name_or_path": str(world.blip2)}
     assert cfg["detectors"]["bilora"]["lora"] == paper["detectors"]["bilora"]["lora"]
