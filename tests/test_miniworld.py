@@ -25,13 +25,11 @@ from bilora.cli import main
 from tests.miniworld import (
     ARCHIVES,
     OVERLAY_KEYS,
-    REHEARSAL_SIZES,
     RICKER_GENERATORS,
     ROOT_NAME,
     Sizes,
     build_world,
     overlay_for,
-    rehearse,
     serve_world,
 )
 from tests.zenodo_server import Zenodo, serve
@@ -335,44 +333,3 @@ def test_server_answers_closed_ranges_and_416():
         assert r.headers["Content-Range"] == "bytes 10-19/100"
         r = http.request("GET", z.file_url("a.bin"), headers={"Range": "bytes=100-"})
         assert r.status == 416
-
-
-def test_paper_config_rehearsal_end_to_end(tmp_path):
-    """`snakemake --cores 2 all` on paper.yaml + overlay_for(world): the paper's path
-    (Zenodo fetch with cut downloads, extraction, LSUN rebuild, digests, GenImage, BLIP-2
-    by path, full-size timm baselines, every perturbation level) at miniature scale.
-    Measured: 384 CPU-s in jobs (425 with Snakemake's own), 8-13 min wall on 2 shared
-    cores at load 5-7; about 3.5-4 min expected on 2 idle cores."""
-    from benchmarks.embedded_all import rule_times
-
-    world = build_world(tmp_path / "world", timm_models=(), **REHEARSAL_SIZES)
-    work = tmp_path / "work"
-    with serve_world(world) as server:
-        t0, c0 = time.perf_counter(), os.times()
-        proc = rehearse(world, overlay_for(world), work)
-        wall, c1 = time.perf_counter() - t0, os.times()
-    assert proc.returncode == 0, proc.stdout[-5000:]
-    cpu = c1.children_user + c1.children_system - c0.children_user - c0.children_system
-    print(f"\nrehearsal: {wall:.0f} s wall, {cpu:.0f} CPU-s, load {os.getloadavg()}")
-    for rule, secs in sorted(rule_times(proc.stdout).items(), key=lambda kv: -sum(kv[1])):
-        print(f"  {rule:22s} {len(secs):3d} jobs {sum(secs):7.1f} s (max {max(secs):.0f} s)")
-    for key in world.record_files:  # every cut download was resumed with Range
-        assert [("Range" in r[2]) for r in server.requests_for(key)] == [False, True], key
-    data = work / "data" / "paper-rehearsal" / "ricker"
-    for split in ("train", "val", "test"):  # warn mode: the published digest cannot match
-        got = (data / "digests" / f"{split}.sha1").read_text().split()
-        assert got[0] == world.digests[split] and got[1] == "MISMATCH"
-    assert len(pd.read_parquet(data / "manifest.parquet")) == world.manifest_rows["ricker"]
-    res = work / "results" / "paper-rehearsal"
-    metrics = pd.read_parquet(res / "metrics.parquet")
-    paper = C.load_yaml(PAPER)
-    levels = sum(len(v) for v in paper["evaluation"]["perturbations"].values())
-    assert len(metrics) == 3 * 7 * 12 * levels
-    assert set(metrics.detector) == {"bilora", "resnet50", "xception"}
-    for det in ("bilora", "resnet50", "xception"):
-        assert (res / "tables" / f"accuracy_matrix_{det}.csv").exists()
-        assert (res / "figures" / f"heatmap_{det}.png").exists()
-    adapter = json.loads((res / "bilora" / "train=LDM" / "model" / "adapter_config.json")
-                         .read_text())
-    assert adapter["base_model_name_or_path"] == str(world.blip2)
-    assert adapter["target_modules"] and set(adapter["target_modules"]) == {"q_proj", "k_proj"}
