@@ -30,6 +30,24 @@ CHECKPOINT = "last.pt"
 
 
 
+class EpochOrder(torch.utils.data.Sampler):
+    """The batch order of epoch ``e``: a permutation seeded by (seed, e) alone, so a resumed
+    run sees the order an uninterrupted one would."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, "order"))
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+
 def make_optimizer(params: list[torch.nn.Parameter], cfg: dict[str, Any]) -> torch.optim.Optimizer:
     """Adam (the paper's) or AdamW, from the detector's ``train`` section."""
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg["optimizer"]]
@@ -97,13 +115,14 @@ def train_detector(
         else:
             log.warning("ignoring checkpoint %s: written for other settings", ckpt_path)
     n = len(dataset)
+    sampler = EpochOrder(n, seed)
+    # one loader for every epoch: its workers persist, the sampler gives each epoch's order
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg["batch_size"], sampler=sampler, num_workers=num_workers,
+        persistent_workers=num_workers > 0, pin_memory=detector.device.type == "cuda")
     for epoch in range(start, cfg["epochs"]):
         torch.manual_seed(derive_seed(seed, epoch, "dropout"))
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(
-            derive_seed(seed, epoch, "order"))).tolist()
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, order), batch_size=cfg["batch_size"],
-            shuffle=False, num_workers=num_workers)
+        sampler.set_epoch(epoch)
         detector.train()
         t0, total, seen = time.time(), 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not progress,
