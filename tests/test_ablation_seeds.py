@@ -36,10 +36,14 @@ def test_new_seeds_and_variants_add_only_their_cells(tmp_path):
     # new: bilora seed 43 (2 cells) and bilora@r=4 at seeds 42 and 43 (4 cells); the two
     # seed-42 bilora cells are neither retrained nor rescored
     assert counts["train_detector"] == 6, counts
-    assert counts["gather_scores"] == 6 and "make_procedural_dataset" not in counts
+    # the group's job runs again (new adapters join it) and every cell's file is re-gathered,
+    # but the two finished cells' scores are reused, not recomputed (checked in its log)
+    assert counts["gather_scores"] == 8 and "make_procedural_dataset" not in counts
     assert "build_base_model" not in counts  # the variant shares the base: built once
     smk("--cores", "2", "all", "--configfile", str(tmp_path / "b.yaml"), cwd=tmp_path)
     res = tmp_path / "results" / "abl"
+    (group_log,) = (res / "groups").glob("*/chunk0.log")
+    assert "none=-: 6 adapters scored, 2 reused" in group_log.read_text()
     assert (res / "bilora@r=4" / "train=sim-LDM" / "seed=43" / "scores.parquet").exists()
     ablation = pd.read_csv(res / "tables" / "ablation.csv", dtype={"value": str})
     params = ablation.set_index("value")["trainable"]

@@ -80,7 +80,8 @@ def robustness(curves: pd.DataFrame, labels: dict[str, str], title: str,
             s = curves[(curves["detector"] == det) & (curves["perturbation"] == kind)]
             x = np.arange(len(s))
             y, lo, hi = (s[k].to_numpy(float) for k in ("value", "lo", "hi"))
-            err = np.where(np.isnan(np.vstack([y - lo, hi - y])), 0, np.vstack([y - lo, hi - y]))
+            # a percentile interval of discrete draws can end a hair inside its point
+            err = np.clip(np.nan_to_num(np.vstack([y - lo, hi - y])), 0, None)
             ax.errorbar(x + 0.06 * (n - (len(dets) - 1) / 2), y, yerr=err, marker="o", ms=3,
                         capsize=2, color=c, label=labels[det])
             ax.set_xticks(x, [str(v) for v in s["level"]], fontsize=7)
@@ -131,7 +132,8 @@ def ablation(sweeps: list[dict[str, Any]], labels: dict[str, str], title: str,
             if not e.ok:
                 ax.annotate("not run", (x, 50), fontsize=6, ha="center")
                 continue
-            yerr = [[e.value - e.lo], [e.hi - e.value]] if e.has_interval else None
+            yerr = ([[max(0.0, e.value - e.lo)], [max(0.0, e.hi - e.value)]] if e.has_interval
+                    else None)
             ax.errorbar([x], [e.value], yerr=yerr, marker="*" if p["is_base"] else "o",
                         ms=8 if p["is_base"] else 4, capsize=2, color="C0")
             par = p["parameters"]
