@@ -210,6 +210,7 @@ def test_tiny_blip2_loads_from_its_path_at_224(world):
     assert (logits[0] - logits[1]).abs().max() > 1e-3  # the image moves the logits
 
 
+@pytest.mark.slow  # 7 s: a subprocess importing timm
 def test_timm_weights_load_offline_through_pretrained_cfg_overlay(tmp_path):
     """Builds the full-size weights and loads them in a fresh process with
     HF_HUB_OFFLINE=1 through the exact call a `pretrained_file` key would make."""
