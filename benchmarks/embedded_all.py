@@ -5,7 +5,7 @@ reused), samples the resident memory of the whole process tree every 0.2 s, and
 prints wall time, peak total RSS (all concurrent jobs together) and per-rule job
 time. Usage:
 
-    python benchmarks/embedded_all.py [--cores 2] [--keep DIR]
+    python benchmarks/embedded_all.py [--cores 2] [--keep DIR] [--configfile OVERLAY]
 """
 
 from __future__ import annotations
@@ -57,12 +57,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--keep", help="run in this folder and keep it")
+    ap.add_argument("--configfile", help="an overlay on the embedded default (e.g. to time "
+                    "another path side by side)")
     args = ap.parse_args()
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bilora-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
            "--directory", str(work), "--cores", str(args.cores), "all"]
+    if args.configfile:
+        cmd += ["--configfile", str(Path(args.configfile).resolve())]
     t0 = time.perf_counter()
     with open(work / "snakemake.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
