@@ -49,13 +49,15 @@ def check_weights_file(cfg: dict[str, Any]) -> None:
 
 def check_config(section: dict[str, Any], key: str) -> None:
     """The model name must be in timm's registry (checked when the DAG is built)."""
+    import difflib
+
     import timm
 
     from bilora.errors import ConfigError
 
     name = section["model_name"]
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name[:4]}*")[:8]
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
         raise ConfigError(f"{key}.model_name: {name!r} is not a timm model"
                           + (f"; similar: {', '.join(close)}" if close else ""))
 

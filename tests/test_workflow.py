@@ -167,8 +167,9 @@ def test_unknown_timm_model_fails_at_dag_build_naming_the_key(tmp_path):
     out = smk("-n", "all", "--configfile", str(tmp_path / "bad.yaml"), cwd=tmp_path,
               check=False)
     assert out.returncode != 0
-    assert "detectors.resnet50.model_name: 'resnet5000' is not a timm model" in (
-        out.stdout + out.stderr)
+    said = out.stdout + out.stderr
+    assert "detectors.resnet50.model_name: 'resnet5000' is not a timm model" in said
+    assert "similar: resnet50," in said  # the closest registered name comes first
     assert not (tmp_path / "data").exists()  # failed before any job ran
 
 
