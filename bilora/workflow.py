@@ -27,6 +27,13 @@ def datasets_by_source(cfg: dict[str, Any], source: str) -> list[str]:
     return [n for n, ds in cfg["data"]["datasets"].items() if ds["source"] == source]
 
 
+def logged(command: str) -> str:
+    """A rule's shell command writing its rule log. When the command fails, the log's last
+    lines (the one-line error, or a bug's traceback) also go to the job's stderr: the console,
+    or the job's SLURM log on a cluster."""
+    return command + " > {log} 2>&1 || {{ s=$?; tail -n 20 {log} >&2; exit $s; }}"
+
+
 def json_param(obj: Any) -> str:
     """A config slice as a rule param: canonical JSON, so equal slices compare equal."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))

@@ -359,11 +359,12 @@ def test_a_failing_cell_ends_the_run_and_its_fix_reruns_only_that_cell(flow):
     assert re.search(cause, flow["broken_log"])
     # Snakemake prints the failed job's rule log (show-failed-logs in the profile) ...
     assert re.search(cause, flow["first"])
-    # ... and its SLURM log names the rule and that log
+    # ... and its SLURM log names the cause (the rule log's last lines), the rule and that log
     failed = [job for job in flow["jobs"].values() if job["JobState"] == "FAILED"]
     assert len(failed) == 1 and failed[0]["rule"] == "train_detector"
     assert BROKEN in failed[0]["wildcards"]
     slurm_log = Path(failed[0]["StdOut"]).read_text()
+    assert re.search(cause, slurm_log), slurm_log[-3000:]
     assert "Error in rule train_detector" in slurm_log and "train.log" in slurm_log
     # the finished cell is kept; the rerun runs the failed and the cancelled cells, and what
     # depends on them

@@ -18,7 +18,7 @@ rule make_procedural_dataset:
     conda:
         ENV
     shell:
-        "python3 -m bilora.cli make-procedural --spec {params.spec:q} --out {output.manifest} --threads {threads} --quiet > {log} 2>&1"
+        W.logged("python3 -m bilora.cli make-procedural --spec {params.spec:q} --out {output.manifest} --threads {threads} --quiet")
 
 
 rule fetch_zenodo_record:
@@ -37,7 +37,7 @@ rule fetch_zenodo_record:
     conda:
         ENV
     shell:
-        "python3 -m bilora.cli fetch-zenodo {params.args} > {log} 2>&1"
+        W.logged("python3 -m bilora.cli fetch-zenodo {params.args}")
 
 
 rule extract_archives:
@@ -55,7 +55,7 @@ rule extract_archives:
     conda:
         ENV
     shell:
-        "python3 -m bilora.cli extract --from-fetch {input} --dest {params.dest} --done {output} > {log} 2>&1"
+        W.logged("python3 -m bilora.cli extract --from-fetch {input} --dest {params.dest} --done {output}")
 
 
 rule rebuild_lsun_real:
@@ -73,7 +73,7 @@ rule rebuild_lsun_real:
     conda:
         ENV
     shell:
-        "python3 -m bilora.cli rebuild-lsun-real {params.args} --workers {threads} --done {output} > {log} 2>&1"
+        W.logged("python3 -m bilora.cli rebuild-lsun-real {params.args} --workers {threads} --done {output}")
 
 
 rule check_split_digest:
@@ -93,7 +93,7 @@ rule check_split_digest:
     conda:
         ENV
     shell:
-        "python3 -m bilora.cli tree-digest {params.args} --out {output} > {log} 2>&1"
+        W.logged("python3 -m bilora.cli tree-digest {params.args} --out {output}")
 
 
 rule organize_dataset:
@@ -114,4 +114,4 @@ rule organize_dataset:
     conda:
         ENV
     shell:
-        "python3 -m bilora.cli organize {params.args} --out {output.manifest} > {log} 2>&1"
+        W.logged("python3 -m bilora.cli organize {params.args} --out {output.manifest}")

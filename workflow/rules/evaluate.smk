@@ -27,9 +27,9 @@ rule score_cell:
     conda:
         ENV
     shell:
-        "python3 -m bilora.cli score --spec {params.spec:q} --model {input.model} --manifest {input.manifests}"
-        " --train-generator {wildcards.generator} --seed {wildcards.seed} --out {output}"
-        " --threads {threads} --num-workers {resources.num_workers} > {log} 2>&1"
+        W.logged("python3 -m bilora.cli score --spec {params.spec:q} --model {input.model} --manifest {input.manifests}"
+                 " --train-generator {wildcards.generator} --seed {wildcards.seed} --out {output}"
+                 " --threads {threads} --num-workers {resources.num_workers}")
 
 
 rule score_group:
@@ -53,9 +53,9 @@ rule score_group:
     conda:
         ENV
     shell:
-        "python3 -m bilora.cli score-group --spec {params.spec:q} --models {input.models}"
-        " --manifest {input.manifests} --out {output} --threads {threads}"
-        " --num-workers {resources.num_workers} > {log} 2>&1"
+        W.logged("python3 -m bilora.cli score-group --spec {params.spec:q} --models {input.models}"
+                 " --manifest {input.manifests} --out {output} --threads {threads}"
+                 " --num-workers {resources.num_workers}")
 
 
 rule gather_scores:
@@ -77,6 +77,6 @@ rule gather_scores:
     conda:
         ENV
     shell:
-        "python3 -m bilora.cli gather-scores --spec {params.spec:q} --model {input.model}"
-        " --manifest {input.manifests} --train-generator {wildcards.generator}"
-        " --seed {wildcards.seed} --out {output} > {log} 2>&1"
+        W.logged("python3 -m bilora.cli gather-scores --spec {params.spec:q} --model {input.model}"
+                 " --manifest {input.manifests} --train-generator {wildcards.generator}"
+                 " --seed {wildcards.seed} --out {output}")

@@ -18,7 +18,7 @@ rule compute_metrics:
     conda:
         ENV
     shell:
-        "python3 -m bilora.cli metrics --spec {params.spec:q} --scores {input} --out {output.parquet} > {log} 2>&1"
+        W.logged("python3 -m bilora.cli metrics --spec {params.spec:q} --scores {input} --out {output.parquet}")
 
 
 rule collect_warnings:
@@ -38,8 +38,8 @@ rule collect_warnings:
     conda:
         ENV
     shell:
-        "python3 -m bilora.cli collect-warnings --spec {params.spec:q} --manifests {input.manifests}"
-        " --digests {input.digests} --models {input.models} --out {output} > {log} 2>&1"
+        W.logged("python3 -m bilora.cli collect-warnings --spec {params.spec:q} --manifests {input.manifests}"
+                 " --digests {input.digests} --models {input.models} --out {output}")
 
 
 rule render_report:
@@ -65,7 +65,6 @@ rule render_report:
     conda:
         ENV
     shell:
-        "python3 -m bilora.cli report --spec {params.spec:q} --metrics {input.metrics}"
-        " --bootstrap {input.bootstrap} --scores {input.scores} --manifests {input.manifests}"
-        " --warnings {input.warnings} --tables {params.tables} --figures {params.figures}"
-        " > {log} 2>&1"
+        W.logged("python3 -m bilora.cli report --spec {params.spec:q} --metrics {input.metrics}"
+                 " --bootstrap {input.bootstrap} --scores {input.scores} --manifests {input.manifests}"
+                 " --warnings {input.warnings} --tables {params.tables} --figures {params.figures}")

@@ -16,7 +16,7 @@ rule build_base_model:
     conda:
         ENV
     shell:
-        "python3 -m bilora.cli build-base --spec {params.spec:q} --out {output} --threads {threads} > {log} 2>&1"
+        W.logged("python3 -m bilora.cli build-base --spec {params.spec:q} --out {output} --threads {threads}")
 
 
 rule prefetch_models:
@@ -32,7 +32,7 @@ rule prefetch_models:
     conda:
         ENV
     shell:
-        "python3 -m bilora.cli prefetch --spec {params.spec:q} --out {output} > {log} 2>&1"
+        W.logged("python3 -m bilora.cli prefetch --spec {params.spec:q} --out {output}")
 
 
 rule train_detector:
@@ -56,6 +56,6 @@ rule train_detector:
     conda:
         ENV
     shell:
-        "python3 -m bilora.cli train --spec {params.spec:q} --manifest {input.manifests} {params.base}"
-        " --out {output.model} --checkpoint-dir {params.checkpoint} --threads {threads}"
-        " --num-workers {resources.num_workers} > {log} 2>&1"
+        W.logged("python3 -m bilora.cli train --spec {params.spec:q} --manifest {input.manifests} {params.base}"
+                 " --out {output.model} --checkpoint-dir {params.checkpoint} --threads {threads}"
+                 " --num-workers {resources.num_workers}")
