@@ -181,19 +181,48 @@ def _timm_fetch(a: Artifact) -> Path:
     where, ident, filename = _timm_source(a.name)
     if where == "hf":
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import RemoteEntryNotFoundError
 
-        for f in ([filename] if filename else ["model.safetensors", "pytorch_model.bin"]):
+        names = [filename] if filename else ["model.safetensors", "pytorch_model.bin"]
+        for f in names:
             try:
                 return Path(hf_hub_download(ident, f))
-            except Exception:  # noqa: BLE001 - try the next file name timm would try
+            except RemoteEntryNotFoundError:  # not in the repo: the next name timm would try
                 continue
-        raise ArtifactError(f"could not fetch {a.name}'s weights from the hub ({ident})")
+        raise ArtifactError(f"the hub repo {ident} holds none of {', '.join(names)}")
     from timm.models import download_cached_file
 
     return Path(download_cached_file(ident, progress=True))
 
 
 # -- both -------------------------------------------------------------------------------------
+
+def _reason(exc: BaseException) -> str:
+    """One line saying why a download failed: the hub's status, message and URL for an HTTP
+    error; otherwise the error's first line (and its cause's)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(exc, HfHubHTTPError):
+        said = "; ".join((exc.server_message or exc.response.reason_phrase).splitlines())
+        return (f"the hub answered {exc.response.status_code} ({said}) for "
+                f"{exc.response.request.method} {exc.response.url}")
+    if isinstance(exc, ArtifactError):
+        return str(exc)
+    out = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+    cause = _reason(exc.__cause__) if exc.__cause__ is not None else ""
+    return f"{out} ({cause})" if cause and cause not in out else out
+
+
+def _fetch(a: Artifact) -> Path:
+    """Download ``a`` into its library's cache; ArtifactError names it, its key and why not."""
+    import httpx2
+
+    try:
+        return _blip2_fetch(a) if a.kind == "blip2" else _timm_fetch(a)
+    except (ArtifactError, OSError, httpx2.HTTPError) as exc:  # hub errors are both
+        raise ArtifactError(f"{a.kind} artifact {a.name!r} ({a.key}) could not be fetched: "
+                            f"{_reason(exc)}") from None
+
 
 def fetch_command(configfile: str | None) -> str:
     return "bilora prefetch" + (f" --configfile {configfile}" if configfile else "")
@@ -214,7 +243,7 @@ def resolve(a: Artifact, allow_network: bool, configfile: str | None = None
                 f"{a.kind} artifact {a.name!r} ({a.key}) is not in the local caches and the "
                 f"network is off (HF_HUB_OFFLINE=1 or --check): run `{fetch_command(configfile)}`"
                 f" on a machine with network, or name a local copy in {a.key}")
-        local = _blip2_fetch(a) if a.kind == "blip2" else _timm_fetch(a)
+        local = _fetch(a)
         fetched = True
     try:
         files = _blip2_files(local) if a.kind == "blip2" else _timm_check(a, local)
