@@ -213,13 +213,26 @@ def _reason(exc: BaseException) -> str:
     return f"{out} ({cause})" if cause and cause not in out else out
 
 
+def _download_errors() -> tuple[type[BaseException], ...]:
+    """What a failed download raises: our errors, OSError (huggingface_hub's HTTP errors, and
+    requests' in older versions, are OSErrors too) and the HTTP client's own base class
+    (httpx2 for huggingface_hub 2.x, httpx for 1.x)."""
+    import importlib
+
+    errors: list[type[BaseException]] = [ArtifactError, OSError]
+    for client in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(client).HTTPError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
 def _fetch(a: Artifact) -> Path:
     """Download ``a`` into its library's cache; ArtifactError names it, its key and why not."""
-    import httpx2
-
     try:
         return _blip2_fetch(a) if a.kind == "blip2" else _timm_fetch(a)
-    except (ArtifactError, OSError, httpx2.HTTPError) as exc:  # hub errors are both
+    except _download_errors() as exc:
         raise ArtifactError(f"{a.kind} artifact {a.name!r} ({a.key}) could not be fetched: "
                             f"{_reason(exc)}") from None
 
