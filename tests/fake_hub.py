@@ -48,9 +48,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from tests.loopback import QuietHandler, serving
 
 #: Files the Hub stores in LFS (its default ``.gitattributes`` patterns, the ones used here).
 LFS_SUFFIXES = (".safetensors", ".bin", ".msgpack", ".pt", ".pth", ".h5", ".onnx", ".ckpt")
@@ -164,22 +166,8 @@ class Hub:
 
 
 def _handler(state: Hub) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the Hub and httpx2 speak it
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
-                  length: int | None = None) -> None:
-            self.send_response(status)
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body) if length is None else length))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-            self.wfile.flush()
 
         def _json(self, obj: object, headers: dict[str, str] | None = None) -> None:
             self._send(200, json.dumps(obj).encode(),
@@ -310,16 +298,7 @@ def serve(state: Hub | None = None, host: str = "127.0.0.1", port: int = 0) -> I
     """Serve ``state`` (a new empty Hub by default) on ``host``; ``state.base`` is its URL
     (``HF_ENDPOINT``), ``state.cdn`` the same server under ``state.cdn_host``."""
     state = state or Hub()
-    server = ThreadingHTTPServer((host, port), _handler(state))
-    server.daemon_threads = True
-    port = server.server_address[1]
-    state.base = f"http://{host}:{port}"
-    state.cdn = f"http://{state.cdn_host}:{port}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(state), host, port) as bound:
+        state.base = f"http://{host}:{bound}"
+        state.cdn = f"http://{state.cdn_host}:{bound}"
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()

@@ -20,11 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.loopback import QuietHandler, serving
 
 RECORD = "7528113"
 FAULTS = ("cut", "503", "429", "404", "ignore-range")
@@ -68,20 +69,7 @@ class Zenodo:
 
 
 def _handler(state: Zenodo) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None,
-                  length: int | None = None) -> None:
-            self.send_response(status)
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body) if length is None else length))
-            self.end_headers()
-            self.wfile.write(body)
-            self.wfile.flush()
-
+    class Handler(QuietHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             state.log.append((time.monotonic(), self.path, dict(self.headers)))
             if self.path == f"/api/records/{state.record}":
@@ -128,13 +116,6 @@ def serve(state: Zenodo | None = None, host: str = "127.0.0.1",
           port: int = 0) -> Iterator[Zenodo]:
     """Serve ``state`` (a new empty one by default) on ``host``; ``state.base`` is its URL."""
     state = state or Zenodo()
-    server = ThreadingHTTPServer((host, port), _handler(state))
-    state.base = f"http://{host}:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(state), host, port) as bound:
+        state.base = f"http://{host}:{bound}"
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
