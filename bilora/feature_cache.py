@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bilora.atomic import atomic_path
+from bilora.atomic import atomic_path, write_json
 
 log = logging.getLogger("bilora.feature_cache")
 
@@ -44,7 +44,7 @@ def cache_point(detector, setting: str | None, augmenting: bool) -> tuple[str | 
         return None, "feature_cache is off"
     if augmenting:
         return None, "training applies random augmentation (train.augment)"
-    stage = detector.frozen_stage() if hasattr(detector, "frozen_stage") else None
+    stage = detector.frozen_stage()
     if stage is None:
         return None, "no point of the image path is frozen (the vision tower trains)"
     if setting == "qformer" and stage == "projected":
@@ -85,7 +85,8 @@ def build(detector, dataset: torch.utils.data.Dataset, stage: str, path: str | o
     from bilora.evaluation import progress_bar
 
     path = Path(path)
-    if path.exists():
+    meta = path.with_suffix(".json")
+    if path.exists() and meta.exists():
         log.info("reusing the frozen features in %s", path)
         return path
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
@@ -101,11 +102,12 @@ def build(detector, dataset: torch.utils.data.Dataset, stage: str, path: str | o
                                                    shape=(len(dataset), *x.shape[1:]))
             memmap[done:done + len(x)] = _to_numpy(x)
             done += len(x)
-        if memmap is not None:
-            memmap.flush()
-            del memmap
-    meta = path.with_suffix(".json")
-    meta.write_text(json.dumps({"stage": stage, "dtype": str(x.dtype), "images": done}))
+        if memmap is None:
+            raise ValueError(f"no images to cache features of for {path}")
+        memmap.flush()
+        del memmap
+        # before the features are renamed into place: a cache is never seen without its dtype
+        write_json(meta, {"stage": stage, "dtype": str(x.dtype), "images": done})
     log.info("frozen features of %d images at %s written to %s", done, stage, path)
     return path
 
