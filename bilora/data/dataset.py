@@ -9,7 +9,6 @@ accepts any image Pillow reads (:func:`bilora.data.images.open_rgb`).
 from __future__ import annotations
 
 import hashlib
-import io
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,6 +19,7 @@ from PIL import Image
 
 from bilora.data.images import open_rgb
 from bilora.data.manifest import load_rows
+from bilora.data.perturbations import jpeg
 from bilora.errors import DataError
 
 __all__ = ["ImageChanged", "ImageTable", "Perturbation", "load_rows", "read_checked"]
@@ -54,14 +54,6 @@ def read_checked(path: str, sha1: str, manifest: str) -> bytes:
     return data
 
 
-def jpeg_reencode(img: Image.Image, quality: int) -> Image.Image:
-    """``img`` encoded as JPEG at ``quality`` (Pillow, 4:2:0) and decoded again."""
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=int(quality))
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
-
-
 class ImageTable(torch.utils.data.Dataset):
     """Images of a table (``abspath``, ``label``, ``sha1``, ``manifest``) as (uint8 CHW
     tensor, label).
@@ -89,7 +81,7 @@ class ImageTable(torch.utils.data.Dataset):
         """Image ``i`` after the format control and the perturbation, before resizing."""
         img = open_rgb(read_checked(self.paths[i], self.sha1[i], self.manifests[i]))
         if self.jpeg_quality is not None:
-            img = jpeg_reencode(img, self.jpeg_quality)
+            img = jpeg(img, self.jpeg_quality)
         if self.perturb is not None:
             from bilora.data.perturbations import apply
 
