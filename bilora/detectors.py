@@ -19,6 +19,7 @@ from torch import nn
 
 from bilora.atomic import atomic_path
 from bilora.model_files import DETECTOR_FILE, model_fingerprint, read_detector_meta
+from bilora.score_parts import NO_TOKEN
 
 __all__ = ["DETECTOR_FILE", "model_fingerprint", "read_detector_meta"]
 
@@ -63,6 +64,16 @@ class Detector(nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def load_weights(cls, folder: Path, cfg: dict[str, Any]) -> Detector:
         """Rebuild a trained detector from what ``save_weights`` wrote."""
+
+    # -- may override ---------------------------------------------------------
+    def predict_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P(fake), the generated caption token); a kind without captions gives NO_TOKEN."""
+        p = self.predict_proba(images)
+        return p, torch.full((len(p),), NO_TOKEN)
+
+    def frozen_stage(self) -> str | None:
+        """The deepest frozen point of the image path whose output can be cached, or None."""
+        return None
 
     # -- shared -------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:

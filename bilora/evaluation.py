@@ -54,11 +54,7 @@ def predict(detector, dataset: torch.utils.data.Dataset, batch_size: int, num_wo
     p_out, t_out = [], []
     for images, _ in progress_bar(loader(dataset, batch_size, num_workers, detector.device),
                                   desc, progress):
-        if hasattr(detector, "predict_tokens"):
-            p, t = detector.predict_tokens(images)
-        else:
-            p = detector.predict_proba(images)
-            t = torch.full((len(p),), NO_TOKEN)
+        p, t = detector.predict_tokens(images)
         p_out.append(p.float().cpu())
         t_out.append(t.to(torch.int32).cpu())
     if not p_out:
