@@ -82,7 +82,7 @@ def test_truncated_images_are_not_loaded_leniently():
 
 @pytest.mark.parametrize("cut", ["no IEND", "bad IDAT crc"])
 def test_png_cut_after_pixel_data_is_rejected(tmp_path, cut):
-    from bilora.data.manifest import check_image
+    from bilora.data.manifest import inspect_image
 
     data = bytearray(_encoded("PNG", 9))
     if cut == "no IEND":
@@ -93,4 +93,4 @@ def test_png_cut_after_pixel_data_is_rejected(tmp_path, cut):
         data[i + 4 + length] ^= 0xFF
     p = tmp_path / "x.png"
     p.write_bytes(bytes(data))
-    assert check_image(p) is not None
+    assert inspect_image(p)[0] is not None

@@ -154,9 +154,9 @@ def test_ricker_shares_the_real_test_folder(tmp_path, monkeypatch):
     assert len([e for e in entries if e.split == "val"]) == 2 * 1 * len(GENS)
 
     calls: list[str] = []
-    real_check = manifest_mod.check_image
-    monkeypatch.setattr(manifest_mod, "check_image",
-                        lambda p: calls.append(str(p)) or real_check(p))
+    real_inspect = manifest_mod.inspect_image
+    monkeypatch.setattr(manifest_mod, "inspect_image",
+                        lambda p: calls.append(str(p)) or real_inspect(p))
     df = organize("ricker", dataset_dir / "raw", dataset_dir, 0.0, generators=GENS,
                   progress=False)
     shared = df[df.path.str.contains("/test/Real/")]

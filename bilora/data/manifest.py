@@ -10,6 +10,7 @@ manifest decodes every image; files that fail are listed with their reason in
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -79,31 +80,30 @@ def jpeg_quality(img: Image.Image) -> float:
     return float(np.argmin(err) + 1)
 
 
-def check_image(path: str | os.PathLike) -> str | None:
-    """Decode an image fully; return None if it is good, else the reason it is not."""
-    return inspect_image(path)[0]
-
-
-def inspect_image(path: str | os.PathLike) -> tuple[str | None, dict]:
-    """Decode an image fully: (None, its format/mode/size/JPEG quality) if it is good,
-    else (the reason it is not, {})."""
+def inspect_image(path: str | os.PathLike) -> tuple[str | None, dict, str | None]:
+    """Read an image once and decode it fully: (None, its format/mode/size/JPEG quality, its
+    sha1) if it is good, else (the reason it is not, {}, None)."""
     try:
-        if os.path.getsize(path) == 0:
-            return "empty file", {}
-        with Image.open(path) as img:  # structure and chunk checksums
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return "missing file", {}, None
+    except OSError as exc:  # a folder, no permission: a reason, not a crash
+        return f"{type(exc).__name__}: {exc}", {}, None
+    if not data:
+        return "empty file", {}, None
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # structure and chunk checksums
             img.verify()
-        with Image.open(path) as img:  # full decode (verify() leaves the image unusable)
+        with Image.open(io.BytesIO(data)) as img:  # full decode (verify() spends the image)
             img.load()
             if img.width == 0 or img.height == 0:
-                return "zero-sized image", {}
+                return "zero-sized image", {}, None
             info = {"format": img.format or "", "mode": img.mode, "width": img.width,
                     "height": img.height,
                     "jpeg_quality": jpeg_quality(img) if img.format == "JPEG" else float("nan")}
-    except FileNotFoundError:
-        return "missing file", {}
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a reason to reject
-        return f"{type(exc).__name__}: {exc}", {}
-    return None, info
+        return f"{type(exc).__name__}: {exc}", {}, None
+    return None, info, hashlib.sha1(data).hexdigest()
 
 
 def resolve_path(dataset_dir: str | os.PathLike, path: str) -> Path:
@@ -170,8 +170,7 @@ def build_manifest(
     for e in tqdm(entries, desc=f"manifest {dataset_dir.name}", disable=not progress, unit="img"):
         full = resolve_path(dataset_dir, e.path)
         if e.path not in seen:
-            reason, info = inspect_image(full)
-            seen[e.path] = (reason, info, None if reason else sha1_of_file(full))
+            seen[e.path] = inspect_image(full)
         reason, info, digest = seen[e.path]
         if reason:
             rejects.append({"path": e.path, "generator": e.generator, "split": e.split,
