@@ -26,15 +26,10 @@ import os
 import sys
 from pathlib import Path
 
+from bilora.atomic import write_text
 from bilora.data.ricker import RICKER_GENERATORS
 
 DIGEST_ALIASES = {"ricker-test": "test", "ricker-train": "train", "ricker-val": "val"}
-
-
-def _atomic_text(path: str | os.PathLike, text: str) -> None:
-    from bilora.atomic import write_text
-
-    write_text(path, text)
 
 
 def _fetch(args: argparse.Namespace) -> int:
@@ -82,7 +77,7 @@ def _extract(args: argparse.Namespace) -> int:
         print(f"{'extracted' if extracted else 'already extracted'}: {archive}")
         done.append(str(Path(archive).resolve()))
     if args.done:
-        _atomic_text(args.done, json.dumps({"dest": str(Path(args.dest).resolve()),
+        write_text(args.done, json.dumps({"dest": str(Path(args.dest).resolve()),
                                             "archives": done}, indent=1) + "\n")
     return 0
 
@@ -99,7 +94,7 @@ def _rebuild(args: argparse.Namespace) -> int:
     if args.done:
         from bilora.data.lsun import DONE_NAME
 
-        _atomic_text(args.done, (Path(args.dest) / DONE_NAME).read_text())
+        write_text(args.done, (Path(args.dest) / DONE_NAME).read_text())
     return 0
 
 
@@ -119,26 +114,23 @@ def _organize(args: argparse.Namespace) -> int:
 
 
 def _digest(args: argparse.Namespace) -> int:
-    from bilora.data.integrity import RICKER_DIGESTS, IntegrityError, check_tree_digest, tree_digest
+    from bilora.data.integrity import RICKER_DIGESTS, IntegrityError, digest_mismatch, tree_digest
 
     if not os.path.isdir(args.dir):
         raise IntegrityError(f"not a folder: {args.dir}")
 
-    status = ""
+    digest, status = tree_digest(args.dir), ""  # hashed once, checked or not
     if args.expect:
         expect = RICKER_DIGESTS.get(DIGEST_ALIASES.get(args.expect, ""), args.expect)
-        try:
-            digest = check_tree_digest(args.dir, expect)
-        except IntegrityError as exc:
-            if not args.warn_only:
-                raise
-            print(f"bilora tree-digest: warning: {exc}", file=sys.stderr)
-            digest, status = tree_digest(args.dir), f"  MISMATCH expected {expect}"
-    else:
-        digest = tree_digest(args.dir)
+        problem = digest_mismatch(args.dir, digest, expect)
+        if problem and not args.warn_only:
+            raise IntegrityError(problem)
+        if problem:
+            print(f"bilora tree-digest: warning: {problem}", file=sys.stderr)
+            status = f"  MISMATCH expected {expect}"
     print(f"{digest}  {args.dir}")
     if args.out:
-        _atomic_text(args.out, digest + status + "\n")
+        write_text(args.out, digest + status + "\n")
     return 0
 
 

@@ -92,13 +92,19 @@ def tree_digest(directory: str | os.PathLike) -> str:
     return outer.hexdigest()
 
 
+def digest_mismatch(directory: str | os.PathLike, got: str, expected: str) -> str | None:
+    """None when ``got`` is ``expected``, else the message naming the folder and the recipe."""
+    if got == expected.strip().lower():
+        return None
+    return (f"integrity check failed for {os.fsdecode(directory)}: digest {got}, expected "
+            f"{expected.strip().lower()} (find DIR -type f -print0 | LC_ALL=C sort -z | "
+            f"xargs -0 sha1sum | cut -d ' ' -f 1 | sha1sum)")
+
+
 def check_tree_digest(directory: str | os.PathLike, expected: str) -> str:
     """Compute :func:`tree_digest` and raise IntegrityError naming the folder on mismatch."""
     got = tree_digest(directory)
-    if got != expected.strip().lower():
-        raise IntegrityError(
-            f"integrity check failed for {os.fsdecode(directory)}: digest {got}, expected "
-            f"{expected.strip().lower()} (find DIR -type f -print0 | LC_ALL=C sort -z | "
-            f"xargs -0 sha1sum | cut -d ' ' -f 1 | sha1sum)"
-        )
+    problem = digest_mismatch(directory, got, expected)
+    if problem:
+        raise IntegrityError(problem)
     return got
