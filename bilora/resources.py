@@ -130,7 +130,7 @@ def _estimate(cfg: Mapping[str, Any], rule: str, wc: dict[str, str]) -> tuple[fl
     if rule in ("compute_metrics", "render_report"):
         rows = _score_rows(cfg) if rule == "compute_metrics" else (
             len(C.cells(cfg))
-            * len(cfg["generators"]["test"]) * _conditions(cfg))
+            * len(cfg["generators"]["test"]) * len(C.conditions(cfg)))
         return STARTUP_MIN + SAFETY * rows * 5e-6 / 60, BASE_MB + rows * 200 / 2**20
     return _data_job(cfg, rule, wc["dataset"], wc.get("split", "test"))
 
@@ -173,7 +173,7 @@ def _model_job(cfg: Mapping[str, Any], rule: str, detector: str, generator: str
 def _data_job(cfg: Mapping[str, Any], rule: str, dataset: str, split: str
               ) -> tuple[float, float]:
     ds = cfg["data"]["datasets"][dataset]
-    gens = _dataset_generators(ds)
+    gens = C.generators_of(ds)
     counts = _images(cfg, gens[0])
     per_gen = counts["train"] + counts["val"] + counts["test_fakes"]
     images = len(gens) * per_gen + counts["test_reals"]
@@ -203,7 +203,7 @@ def _data_job(cfg: Mapping[str, Any], rule: str, dataset: str, split: str
 
 def _images(cfg: Mapping[str, Any], generator: str) -> dict[str, int]:
     """Images of one generator: train (both classes), val, test fakes, test reals, side."""
-    ds = next(d for d in cfg["data"]["datasets"].values() if generator in _dataset_generators(d))
+    ds = next(d for d in cfg["data"]["datasets"].values() if generator in C.generators_of(d))
     if ds["source"] == "procedural":
         n = ds["test_per_class"]
         return {"train": 2 * ds["train_per_class"], "val": 0, "test_fakes": n, "test_reals": n,
@@ -222,10 +222,6 @@ def _images(cfg: Mapping[str, Any], generator: str) -> dict[str, int]:
             "test_reals": LOCAL_IMAGES["test"] // 2, "size": LOCAL_IMAGES["size"]}
 
 
-def _dataset_generators(ds: Mapping[str, Any]) -> list[str]:
-    return list(ds["generators"]) if "generators" in ds else [ds["generator"]]
-
-
 def _split_share(counts: dict[str, int], split: str, n_gen: int) -> float:
     total = n_gen * (counts["train"] + counts["val"] + counts["test_fakes"]) + counts["test_reals"]
     part = {"train": n_gen * counts["train"], "val": n_gen * counts["val"],
@@ -233,15 +229,11 @@ def _split_share(counts: dict[str, int], split: str, n_gen: int) -> float:
     return part / max(total, 1)
 
 
-def _conditions(cfg: Mapping[str, Any]) -> int:
-    return sum(len(levels) for levels in cfg["evaluation"]["perturbations"].values())
-
-
 def _score_rows(cfg: Mapping[str, Any], detectors: int | None = None,
                 cells: int | None = None) -> int:
     """Per-image scores: cells x test generators x (fakes + reals) x conditions."""
     per_cell = sum(_images(cfg, g)["test_fakes"] + _images(cfg, g)["test_reals"]
-                   for g in cfg["generators"]["test"]) * _conditions(cfg)
+                   for g in cfg["generators"]["test"]) * len(C.conditions(cfg))
     detectors = len(C.detectors(cfg)) if detectors is None else detectors
     cells = len(cfg["generators"]["train"]) * len(C.seeds(cfg)) if cells is None else cells
     return detectors * cells * per_cell

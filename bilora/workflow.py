@@ -57,10 +57,6 @@ def detector_ids(cfg: dict[str, Any]) -> list[str]:
     return list(C.detectors(cfg))
 
 
-def cell(cfg: dict[str, Any], detector: str, generator: str, seed: int | str) -> str:
-    return C.Cell(detector, generator, int(seed)).path(cfg)
-
-
 def artifacts(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """The pretrained artifacts the run needs (as the prefetch rule's params)."""
     from dataclasses import asdict
@@ -284,8 +280,10 @@ def organize_args(cfg: dict[str, Any], dataset: str) -> str:
         elif dataset != cfg["data"]["shared_test_reals"]:
             args += ["--cap-test-reals"]  # its own reals, capped like its fakes
         if ds["train_reals"] == "lsun":
+            from bilora.data.lsun import EXTRA_DIR
+
             args += ["--train-reals-dir",
-                     f"{dataset_dir(cfg, C.lsun_dataset(cfg))}/raw/lsun_extra"]
+                     f"{dataset_dir(cfg, C.lsun_dataset(cfg))}/raw/{EXTRA_DIR}"]
         if ds["split_map"]:
             args += ["--split-map", ",".join(f"{k}={v}" for k, v in ds["split_map"].items())]
     return shlex.join(args)
