@@ -2,7 +2,8 @@
 
 Writes 21 score files (3 detectors x 7 training generators) of 12 test sets x 23
 conditions x 20,000 images (10k fake + a 10k real set shared by every test set), about
-116 million rows at ``--scale 1``, with the score files' dtypes (dictionary-encoded
+116 million rows at ``--scale 1`` (the matrix, generator names, conditions and counts are
+read from ``workflow/config/paper.yaml``), with the score files' dtypes (dictionary-encoded
 strings, int8 labels, float32 scores; one detector gives hard 0/1 scores, one has 0.1 %
 unlabelled images). Then runs ``run_metrics`` in a child process, samples its resident
 memory every 0.05 s, and prints rows, files, seconds to write, seconds (wall and CPU) for
@@ -33,16 +34,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
-DETECTORS = ["bilora", "resnet50", "xception"]
-TRAIN = ["ADM", "DDPM", "IDDPM", "LDM", "PNDM", "ProGAN", "StyleGAN"]
-TEST = [*TRAIN, "Diff-ProjectedGAN", "Diff-StyleGAN2", "ProjectedGAN", "SD-v1.4", "GLIDE"]
-CONDITIONS = ([("none", "-")]
-              + [(k, str(v)) for k, levels in [("noise", (5, 10, 15, 20)), ("blur", (3, 5, 7, 9)),
-                                             ("jpeg", (75, 50, 30, 10)),
-                                             ("crop", (0.05, 0.1, 0.15, 0.2)),
-                                             ("noise-ricker", (5, 10, 15, 20))]
-                 for v in levels]
-              + [("downscale", "112"), ("mixed", "ricker")])
+sys.path.insert(0, str(ROOT))
+from bilora import config as C  # noqa: E402 - after the checkout is on the path
+
+PAPER = C.load(ROOT / "workflow" / "config" / "paper.yaml")  # the matrix is the paper's
+DETECTORS = list(C.detectors(PAPER))
+TRAIN = list(PAPER["generators"]["train"])
+TEST = list(PAPER["generators"]["test"])
+CONDITIONS = C.conditions(PAPER)
+TEST_FAKES = PAPER["data"]["sample"]["test_fakes_per_generator"]
 
 
 def dictionary(indices: np.ndarray, values: list[str]) -> pa.DictionaryArray:
@@ -51,7 +51,7 @@ def dictionary(indices: np.ndarray, values: list[str]) -> pa.DictionaryArray:
 
 def write_files(folder: Path, scale: float, seed: int = 0) -> tuple[list[Path], int]:
     """The 21 synthetic score files; returns (paths, rows)."""
-    n_fake = max(2, round(10_000 * scale))
+    n_fake = max(2, round(TEST_FAKES * scale))
     n_real = n_fake
     rng = np.random.default_rng(seed)
     n_images = len(TEST) * n_fake + n_real  # the real set is shared by every test set
@@ -65,25 +65,25 @@ def write_files(folder: Path, scale: float, seed: int = 0) -> tuple[list[Path], 
                                 len(TEST) * n_fake + np.arange(n_real)]
                           for t in range(len(TEST))]).astype(np.int32)
     label1 = np.tile(np.r_[np.ones(n_fake, np.int8), np.zeros(n_real, np.int8)], len(TEST))
-    C, rows1 = len(CONDITIONS), len(img)
+    n_cond, rows1 = len(CONDITIONS), len(img)
     perts = sorted({k for k, _ in CONDITIONS})
     levels = sorted({v for _, v in CONDITIONS})
     p_idx = np.repeat([perts.index(k) for k, _ in CONDITIONS], rows1).astype(np.int8)
     l_idx = np.repeat([levels.index(v) for _, v in CONDITIONS], rows1).astype(np.int8)
-    columns = {"image": dictionary(np.tile(img, C), images),
-               "sha1": dictionary(np.tile(img, C), sha1),
-               "generator": dictionary(np.tile(t_idx, C), TEST),
-               "label": pa.array(np.tile(label1, C)),
+    columns = {"image": dictionary(np.tile(img, n_cond), images),
+               "sha1": dictionary(np.tile(img, n_cond), sha1),
+               "generator": dictionary(np.tile(t_idx, n_cond), TEST),
+               "label": pa.array(np.tile(label1, n_cond)),
                "perturbation": dictionary(p_idx, perts),
                "level": dictionary(l_idx, levels)}
-    cond = np.repeat(np.arange(C), rows1)
+    cond = np.repeat(np.arange(n_cond), rows1)
     paths = []
     for det in DETECTORS:
         for train in TRAIN:
             # one score per (condition, image): the shared reals score alike in every set
             mu = np.where(np.arange(n_images) < len(TEST) * n_fake, 2.0, -2.0)
-            logit = rng.normal(mu, 2.5, (C, n_images)).astype(np.float32)
-            p = (1 / (1 + np.exp(-logit)))[cond, np.tile(img, C)]
+            logit = rng.normal(mu, 2.5, (n_cond, n_images)).astype(np.float32)
+            p = (1 / (1 + np.exp(-logit)))[cond, np.tile(img, n_cond)]
             if det == "resnet50":  # a hard token readout: scores exactly 0 or 1
                 p = (p >= 0.5).astype(np.float32)
             if det == "bilora":
@@ -94,7 +94,7 @@ def write_files(folder: Path, scale: float, seed: int = 0) -> tuple[list[Path], 
             paths.append(folder / "scores" / det / f"{train}.parquet")
             paths[-1].parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(table, paths[-1])
-    return paths, len(DETECTORS) * len(TRAIN) * C * rows1
+    return paths, len(DETECTORS) * len(TRAIN) * n_cond * rows1
 
 
 def run_child(folder: Path, resamples: int) -> int:
