@@ -70,7 +70,7 @@ def bench_config(det_cfg: dict[str, Any], layers: int, quick: bool):
     """The paper's ``Blip2Config`` with ``layers`` layers per tower (``quick``: tiny widths)."""
     from transformers import Blip2Config
 
-    from bilora.describe import blip2_config
+    from bilora.bases.blip2.memory import blip2_config
 
     data = blip2_config(det_cfg).to_dict()
     for tower in ("vision_config", "qformer_config", "text_config"):
@@ -85,7 +85,7 @@ def bench_config(det_cfg: dict[str, Any], layers: int, quick: bool):
 
 
 def full_depth(det_cfg: dict[str, Any]) -> dict[str, int]:
-    from bilora.describe import blip2_config
+    from bilora.bases.blip2.memory import blip2_config
 
     conf = blip2_config(det_cfg)
     return {"vision": conf.vision_config.num_hidden_layers,
@@ -151,7 +151,7 @@ def build_detector(det_cfg: dict[str, Any], conf, seed: int):
     from transformers import Blip2ForConditionalGeneration
     from transformers.initialization import no_init_weights
 
-    from bilora.detector import BiLoRADetector, lora_config
+    from bilora.kinds.bilora.detector import BiLoRADetector, lora_config
 
     with no_init_weights():  # every weight is drawn once, by live_init_
         base = Blip2ForConditionalGeneration(conf)
@@ -176,7 +176,7 @@ def image_effect(det, images: torch.Tensor) -> float:
     """How much the image moves the logits: max |logits(img0) - logits(img1)| / std(logits)."""
     det.eval()
     with torch.no_grad():
-        logits = det.last_logits(det.features(images[:2], "projected"))
+        logits = det.vlm.answer_logits(det.features(images[:2], "projected"))
     return float((logits[0] - logits[1]).abs().max() / logits.std())
 
 
@@ -287,7 +287,7 @@ def legacy_logits(det, images: torch.Tensor, words: torch.Tensor | None = None):
     """The model call as the harness stood: pixels in, the full-vocabulary head at every
     position (and, with ``words``, the loss over the full-length labels)."""
     n = images.shape[0]
-    ids = det.prompt_ids.unsqueeze(0).expand(n, -1)
+    ids = det.vlm.prompt_ids.unsqueeze(0).expand(n, -1)
     labels = None
     if words is not None:
         ids = torch.cat([ids, words[:, None]], 1)
@@ -303,8 +303,9 @@ class Bench:
 
     def __init__(self, det, names: list[str], clock: Clock, images: torch.Tensor,
                  labels: torch.Tensor, optimizer: torch.optim.Optimizer):
-        from bilora.detector import BiLoRADetector
-        from bilora.group_scoring import AdapterGroup, adapter_stage
+        from bilora.bases.blip2 import BLIP2
+        from bilora.kinds.bilora.detector import BiLoRADetector
+        from bilora.kinds.bilora.group import AdapterGroup, adapter_stage
 
         self.det, self.names, self.clock, self.optimizer = det, names, clock, optimizer
         self.images, self.labels = images, labels
@@ -318,7 +319,7 @@ class Bench:
         # AdapterGroup's own predict over these adapters (its __init__ loads saved folders)
         self.group = AdapterGroup.__new__(AdapterGroup)
         self.group.model, self.group.names, self.group.views = model, names, self.views
-        stages = {adapter_stage(model, n) for n in names}
+        stages = {adapter_stage(model, n, BLIP2) for n in names}
         assert stages == {"projected"}, stages
         self.group.stage = "projected"
 
@@ -570,7 +571,7 @@ def gpu_seconds(part: dict[str, float], mfu: float, qformer_peak: float = H100["
 def weight_bytes(det_cfg: dict[str, Any]) -> dict[str, float]:
     """Bytes of the full-depth frozen weights per tower in the paper's dtype (bfloat16; the
     Q-Former and query tokens float32), from the model built on the meta device."""
-    from bilora.describe import meta_bilora
+    from bilora.kinds.bilora.describe import meta_bilora
 
     out = {"vision": 0.0, "qformer": 0.0, "rest": 0.0}
     for name, p in meta_bilora(det_cfg).named_parameters():
@@ -642,8 +643,8 @@ class Matrix:
 def set_adapter_seconds(det_cfg: dict[str, Any], n: int = N_ADAPTERS) -> tuple[float, int]:
     """(host seconds of one PEFT ``set_adapter`` call at full depth with ``n`` + 1 adapters,
     the best of 3 rounds of ``n`` calls; the model's module count), on the meta device."""
-    from bilora.describe import meta_bilora
-    from bilora.detector import lora_config
+    from bilora.kinds.bilora.describe import meta_bilora
+    from bilora.kinds.bilora.detector import lora_config
 
     with torch.device("meta"):
         model = meta_bilora(det_cfg)

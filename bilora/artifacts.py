@@ -1,4 +1,4 @@
-"""Pretrained artifacts (a BLIP-2 checkpoint, timm ImageNet weights): where they come from.
+"""Pretrained artifacts (a VLM checkpoint, a classifier's ImageNet weights): where they come from.
 
 Every pretrained artifact a config needs comes from one of three places:
 
@@ -14,14 +14,16 @@ Compute nodes are often offline: the workflow's ``prefetch_models`` rule runs be
 training job and, offline, only checks that every artifact is present and loadable,
 failing in seconds with the artifact's name and the command that fetches it.
 
-:func:`check_bilora_base` is torch-free: the Snakefile calls it when the DAG is built.
+:func:`needed` and :func:`check_checkpoint_name` are torch-free: the Snakefile calls them when the
+DAG is built. Each detector kind lists its artifacts and declares their types (how to find,
+fetch and check one): :mod:`bilora.api.kinds`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,46 +41,51 @@ def looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or Path(name).exists() or name.count("/") > 1
 
 
-def check_bilora_base(section: dict[str, Any], key: str) -> None:
-    """A pretrained base must be a hub id (``org/name``) or an existing checkpoint folder."""
-    base = section["base_model"]
-    if base["source"] != "pretrained":
-        return
-    name = base["name_or_path"]
-    where = f"{key}.base_model.name_or_path"
+def check_checkpoint_name(name: str, key: str) -> None:
+    """A pretrained checkpoint must be a hub id (``org/name``) or an existing folder holding
+    a saved checkpoint (its config.json); ConfigError names ``key``."""
     if looks_like_path(name):
         folder = Path(name).expanduser()
         if not (folder / "config.json").is_file():
-            raise ConfigError(f"{where}: {name!r} is not a folder holding a saved BLIP-2 "
-                              f"checkpoint (no config.json there)")
+            raise ConfigError(f"{key}: {name!r} is not a folder holding a saved checkpoint (no "
+                              "config.json there)")
     elif not HUB_ID.match(name):
-        raise ConfigError(f"{where}: {name!r} is neither a hub id (org/name) nor a local folder")
+        raise ConfigError(f"{key}: {name!r} is neither a hub id (org/name) nor a local folder")
 
 
 @dataclass(frozen=True)
 class Artifact:
     """One pretrained artifact a config needs."""
 
-    kind: str  # "blip2" | "timm"
-    name: str  # hub id, folder, or timm model name
+    kind: str  # its artifact type (a detector kind's ``artifact_types``), e.g. "blip2", "timm"
+    name: str  # hub id, folder, or model name
     key: str  # the config key that asks for it
-    file: str | None = None  # a local weights file (timm's pretrained_file)
+    file: str | None = None  # a local weights file named in the config
 
 
 def needed(detectors: dict[str, dict[str, Any]]) -> list[Artifact]:
-    """The pretrained artifacts of a run's detectors (each once, in config order)."""
+    """The pretrained artifacts of a run's detectors (each once, in config order), as each
+    detector kind lists them."""
+    from bilora.api.kinds import kind
+
     out: dict[tuple, Artifact] = {}
     for det, s in detectors.items():
-        if s["kind"] == "bilora" and s["base_model"]["source"] == "pretrained":
-            a = Artifact("blip2", s["base_model"]["name_or_path"],
-                         f"detectors.{det}.base_model.name_or_path")
-        elif s["kind"] == "timm" and s["pretrained"]:
-            a = Artifact("timm", s["model_name"], f"detectors.{det}.pretrained_file",
-                         s["pretrained_file"])
-        else:
-            continue
-        out.setdefault((a.kind, a.name, a.file), a)
+        listed = kind(s["kind"]).artifacts
+        for a in listed(s, f"detectors.{det}") if listed is not None else []:
+            out.setdefault((a.kind, a.name, a.file), a)
     return list(out.values())
+
+
+def handler(artifact_type: str) -> Any:
+    """What finds, fetches and checks artifacts of a type: the detector kind's that declares
+    it (``local``, ``fetch``, ``check``, ``must_exist``)."""
+    from bilora.api.kinds import kind, kind_names
+
+    for name in kind_names():
+        found = kind(name).artifact_types()
+        if artifact_type in found:
+            return found[artifact_type]
+    raise ArtifactError(f"no detector kind declares the artifact type {artifact_type!r}")
 
 
 def _offline() -> bool:
@@ -89,110 +96,38 @@ def _size(paths: list[Path]) -> int:
     return sum(p.stat().st_size for p in paths if p.is_file())
 
 
-# -- BLIP-2 -----------------------------------------------------------------------------
+# -- a checkpoint folder on the hub (a VLM base's) -------------------------------------------
 
-def _blip2_files(folder: Path) -> list[Path]:
-    """The files a BLIP-2 checkpoint folder must hold; ArtifactError names what is missing."""
-    from transformers import Blip2Config
+class HubCheckpoint:
+    """An artifact type for a checkpoint folder: a local folder, or a hub repository's
+    snapshot (``BLIP2_PATTERNS``) in the hub cache; ``files(folder)`` checks it is loadable
+    and returns the files that make it (a VLM base's ``checkpoint_files``)."""
 
-    if not (folder / "config.json").is_file():
-        raise ArtifactError(f"{folder}: no config.json")
-    Blip2Config.from_pretrained(folder)  # parses: the checkpoint is loadable
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        weights = [folder / s for s in shards]
-    else:
-        weights = [folder / "model.safetensors"]
-    missing = [w.name for w in weights if not w.is_file()]
-    if missing:
-        raise ArtifactError(f"{folder}: weight files missing: {', '.join(missing[:5])}")
-    processor = [folder / n for n in ("preprocessor_config.json", "processor_config.json")]
-    if not any(p.is_file() for p in processor):
-        raise ArtifactError(f"{folder}: no preprocessor_config.json (the image processor)")
-    return [folder / "config.json", *weights]
+    def __init__(self, files: Callable[[Path], list[Path]]):
+        self.files = files
 
+    def must_exist(self, a: Artifact) -> bool:
+        return looks_like_path(a.name)
 
-def _blip2_local(a: Artifact) -> Path | None:
-    if looks_like_path(a.name):
-        return Path(a.name).expanduser()
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    def local(self, a: Artifact) -> Path | None:
+        if looks_like_path(a.name):
+            return Path(a.name).expanduser()
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
 
-    try:
-        return Path(snapshot_download(a.name, local_files_only=True,
-                                      allow_patterns=BLIP2_PATTERNS))
-    except (LocalEntryNotFoundError, OSError, ValueError):
-        return None
+        try:
+            return Path(snapshot_download(a.name, local_files_only=True,
+                                          allow_patterns=BLIP2_PATTERNS))
+        except (LocalEntryNotFoundError, OSError, ValueError):
+            return None
 
+    def fetch(self, a: Artifact) -> Path:
+        from huggingface_hub import snapshot_download
 
-def _blip2_fetch(a: Artifact) -> Path:
-    from huggingface_hub import snapshot_download
+        return Path(snapshot_download(a.name, allow_patterns=BLIP2_PATTERNS))
 
-    return Path(snapshot_download(a.name, allow_patterns=BLIP2_PATTERNS))
-
-
-# -- timm ---------------------------------------------------------------------------------
-
-def _timm_source(name: str) -> tuple[str, str, str]:
-    """(where, id, file name) of timm's default weights: ``hf`` (hub id, file) or ``url``."""
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(name)
-    if cfg is None:
-        raise ArtifactError(f"timm knows no pretrained weights for {name!r}")
-    cfg = cfg.to_dict()
-    if cfg.get("hf_hub_id"):
-        return "hf", cfg["hf_hub_id"], cfg.get("hf_hub_filename") or ""
-    if cfg.get("url"):
-        return "url", cfg["url"], os.path.basename(cfg["url"])
-    raise ArtifactError(f"timm's pretrained config of {name!r} names no hub id and no URL")
-
-
-def _timm_local(a: Artifact) -> Path | None:
-    if a.file:
-        return Path(a.file).expanduser()
-    where, ident, filename = _timm_source(a.name)
-    if where == "hf":
-        from huggingface_hub import try_to_load_from_cache
-
-        for f in ([filename] if filename else ["model.safetensors", "pytorch_model.bin"]):
-            hit = try_to_load_from_cache(ident, f)
-            if isinstance(hit, str):
-                return Path(hit)
-        return None
-    import torch.hub
-
-    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    return path if path.is_file() else None
-
-
-def _timm_check(a: Artifact, path: Path) -> list[Path]:
-    """Loadable, and holding every weight of the architecture but its classifier."""
-    from baselines.timm_detector import check_weights_file
-
-    if not path.is_file():
-        raise ArtifactError(f"{path}: no such weights file")
-    check_weights_file({"model_name": a.name, "model_kwargs": {}, "pretrained_file": str(path)})
-    return [path]
-
-
-def _timm_fetch(a: Artifact) -> Path:
-    where, ident, filename = _timm_source(a.name)
-    if where == "hf":
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import RemoteEntryNotFoundError
-
-        names = [filename] if filename else ["model.safetensors", "pytorch_model.bin"]
-        for f in names:
-            try:
-                return Path(hf_hub_download(ident, f))
-            except RemoteEntryNotFoundError:  # not in the repo: the next name timm would try
-                continue
-        raise ArtifactError(f"the hub repo {ident} holds none of {', '.join(names)}")
-    from timm.models import download_cached_file
-
-    return Path(download_cached_file(ident, progress=True))
+    def check(self, a: Artifact, path: Path) -> list[Path]:
+        return self.files(path)
 
 
 # -- both -------------------------------------------------------------------------------------
@@ -231,7 +166,7 @@ def _download_errors() -> tuple[type[BaseException], ...]:
 def _fetch(a: Artifact) -> Path:
     """Download ``a`` into its library's cache; ArtifactError names it, its key and why not."""
     try:
-        return _blip2_fetch(a) if a.kind == "blip2" else _timm_fetch(a)
+        return handler(a.kind).fetch(a)
     except _download_errors() as exc:
         raise ArtifactError(f"{a.kind} artifact {a.name!r} ({a.key}) could not be fetched: "
                             f"{_reason(exc)}") from None
@@ -246,10 +181,11 @@ def resolve(a: Artifact, allow_network: bool, configfile: str | None = None
     """Find (or, with network, fetch) one artifact and check it is loadable. Returns what
     was found: path, bytes, and whether it was fetched now. ArtifactError names the
     artifact, its config key and the command that fetches it."""
-    local = _blip2_local(a) if a.kind == "blip2" else _timm_local(a)
+    how = handler(a.kind)
+    local = how.local(a)
     fetched = False
     if local is None or not local.exists():
-        if a.file or (a.kind == "blip2" and looks_like_path(a.name)):
+        if a.file or how.must_exist(a):
             raise ArtifactError(f"{a.key}: {local or a.name} does not exist")
         if not allow_network:
             raise ArtifactError(
@@ -259,7 +195,7 @@ def resolve(a: Artifact, allow_network: bool, configfile: str | None = None
         local = _fetch(a)
         fetched = True
     try:
-        files = _blip2_files(local) if a.kind == "blip2" else _timm_check(a, local)
+        files = how.check(a, local)
     except ArtifactError as exc:
         raise ArtifactError(f"{a.kind} artifact {a.name!r} ({a.key}): {exc}") from None
     return {**asdict(a), "path": str(local), "bytes": _size(files), "fetched": fetched}

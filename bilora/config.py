@@ -32,9 +32,20 @@ SCHEMA_PATH = PACKAGE_DIR / "schemas" / "config.schema.yaml"
 VARIANT_MARK = "@"
 
 
+#: Plug-in registries that put their members into the schema ("module:function" (schema)).
+SCHEMA_PARTS = ("bilora.api.kinds:contribute_schema",)
+
+
 @cache
 def schema() -> dict[str, Any]:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The config schema: the YAML file, plus what each plug-in registry contributes (the
+    detector kinds' sections, ...)."""
+    from bilora.api.plugins import resolve
+
+    out = yaml.safe_load(SCHEMA_PATH.read_text())
+    for part in SCHEMA_PARTS:
+        resolve(part)(out)
+    return out
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -398,19 +409,16 @@ def condition_name(kind: str, level: str) -> str:
 
 def sharing_groups(cfg: dict[str, Any]) -> dict[str, list[str]]:
     """Scoring groups (``evaluation.sharing: group``): group id -> the detectors whose cells
-    share one frozen base (same base checkpoint and dtype, vision tower not trained)."""
-    from bilora.registry import kind
+    share one frozen part (their kind's ``share_key`` is equal and not None)."""
+    from bilora.api.kinds import share_key
 
     if cfg["evaluation"]["sharing"] != "group":
         return {}
     out: dict[str, list[str]] = {}
     for det, section in detectors(cfg).items():
-        if not kind(section["kind"]).shares_base or "vision_model" in section["extra_trainable"]:
-            continue
-        key = digest({"base": section["base_model"], "dtype": section["dtype"],
-                      "attn": section["attn_implementation"], "int8": section["load_in_8bit"]},
-                     10)
-        out.setdefault(f"{section['kind']}-{key}", []).append(det)
+        key = share_key(section)
+        if key is not None:
+            out.setdefault(f"{section['kind']}-{digest(key, 10)}", []).append(det)
     return out
 
 
@@ -457,7 +465,7 @@ def procedural_spec(cfg: dict[str, Any], dataset: str) -> ProceduralJobSpec:
 
 def base_spec(cfg: dict[str, Any], detector: str) -> BaseSpec:
     """What determines a detector's built base (its kind's recipe decides), and the seed."""
-    from bilora.registry import base_recipe
+    from bilora.api.kinds import base_recipe
 
     section = detectors(cfg)[detector]
     recipe = base_recipe(section)

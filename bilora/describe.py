@@ -1,216 +1,26 @@
-"""Model summaries built on the meta device: parameter counts without weights or network,
-and an estimate of the peak GPU memory of Bi-LoRA training."""
+"""Model summaries built on the meta device: parameter counts without weights or network.
+
+Each detector kind names its describer in its spec (:mod:`bilora.api.kinds`); this module
+holds the dispatch and the generic describer."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
-
-ARCH_DIR = Path(__file__).resolve().parent / "arch"
-# hub ids whose architecture ships with the package
-SHIPPED = {"Salesforce/blip2-opt-2.7b": "blip2-opt-2.7b.json",
-           "ybelkada/blip2-opt-2.7b-fp16-sharded": "blip2-opt-2.7b.json"}
-
-
-def blip2_config(det_cfg: dict[str, Any]):
-    """The ``Blip2Config`` a Bi-LoRA config section would load, without downloading it."""
-    from transformers import Blip2Config
-
-    base = det_cfg["base_model"]
-    if base["source"] == "tiny":
-        from bilora.tiny_blip2 import tiny_config
-
-        return tiny_config(base["tiny"])
-    name = base["name_or_path"]
-    if name in SHIPPED:
-        data = json.loads((ARCH_DIR / SHIPPED[name]).read_text())
-        data.pop("_comment", None)
-        return Blip2Config(**data)
-    local = Path(name) / "config.json"
-    if local.exists():
-        return Blip2Config.from_pretrained(name)
-    raise FileNotFoundError(f"no architecture known for base_model.name_or_path {name!r}: "
-                            f"shipped: {', '.join(SHIPPED)}; or give a local checkpoint folder")
-
-
-def meta_bilora(det_cfg: dict[str, Any]):
-    """The PEFT-wrapped BLIP-2 of a Bi-LoRA config, on the meta device."""
-    import torch
-    from peft import get_peft_model
-    from transformers import Blip2ForConditionalGeneration
-
-    from bilora.detector import lora_config
-
-    with torch.device("meta"):
-        model = Blip2ForConditionalGeneration(blip2_config(det_cfg))
-        return get_peft_model(model, lora_config(det_cfg))
 
 
 def describe(det_cfg: dict[str, Any]) -> list[str]:
     """Lines of a model summary of a detector section (its kind's describer, no weights)."""
-    from bilora.registry import kind, resolve
+    from bilora.api.kinds import kind
+    from bilora.api.plugins import resolve
 
     return resolve(kind(det_cfg["kind"]).describe)(det_cfg)
-
-
-def describe_bilora(det_cfg: dict[str, Any]) -> list[str]:
-    """Bi-LoRA's summary: total and trainable parameters, LoRA targets."""
-    from bilora.detector import lora_module_names
-
-    model = meta_bilora(det_cfg)
-    trainable, total = model.get_nb_trainable_parameters()
-    mods = lora_module_names(model)
-    base = det_cfg["base_model"]
-    name = base["name_or_path"] if base["source"] == "pretrained" else "tiny random base"
-    lines = [f"model: Blip2ForConditionalGeneration + LoRA ({name})",
-             f"total parameters: {total:,}",
-             f"trainable parameters: {trainable:,} ({100 * trainable / total:.3f} %)",
-             f"LoRA r={det_cfg['lora']['r']} alpha={det_cfg['lora']['alpha']} "
-             f"dropout={det_cfg['lora']['dropout']} on {len(mods)} modules:"]
-    lines += [f"  {m}" for m in mods]
-    if det_cfg["extra_trainable"]:
-        lines.append("also trained: " + ", ".join(det_cfg["extra_trainable"]))
-    return lines + memory_lines(det_cfg, model)
-
-
-GIB = 2**30
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-#: CUDA context, cuBLAS/cuDNN workspaces and allocator slack: an assumption, not derived.
-CUDA_OVERHEAD = 1.0 * GIB
-
-
-def decoder_bytes_per_token(text_config, lora_in: list[int], r: int, lora_dropout: float,
-                            s: int, seq: int) -> float:
-    """Bytes one decoder layer keeps for the LoRA-only backward, per token: ``lora_in`` the
-    input widths of its LoRA modules, ``s`` the bytes of the dtype, ``seq`` the sequence
-    length (the formula: :func:`training_memory`)."""
-    d, f, h = text_config.hidden_size, text_config.ffn_dim, text_config.num_attention_heads
-    per = s * (6 * d + f) + s * h * seq + (2 * d if text_config.dropout > 0 else 0)
-    return float(per + sum(4 * (d_in + r) + (d_in if lora_dropout > 0 else 0)
-                           for d_in in lora_in))
-
-
-def training_memory(det_cfg: dict[str, Any], model=None, batch_size: int | None = None
-                    ) -> dict[str, float] | None:
-    """Estimated peak GPU bytes of Bi-LoRA training by part, at the config's batch size and
-    dtype (None when the language model is not an OPT-style decoder).
-
-    With B the batch, T = num_query_tokens + 2 the training sequence ([<image>]*NQ, BOS,
-    the caption word), L decoder layers of width d, h heads, feed-forward width f, s the
-    bytes of the dtype, V the vocabulary:
-
-    - frozen weights: s per parameter; the Q-Former and query tokens 4 (transformers keeps
-      them float32 in a half-precision model);
-    - LoRA: 16 bytes per trainable parameter (float32 weight, gradient, Adam's two moments;
-      PEFT keeps adapters float32 over a half-precision base);
-    - decoder activations kept for the backward, B * T * L * per token and layer
-      (:func:`decoder_bytes_per_token`):
-      s * (6d + f) (the two layer-norm inputs, q, k, v, the attention output, the ReLU
-      output; frozen linears keep nothing, their input gradients need only the weights)
-      + s * h * T (attention probabilities, an upper bound: fused kernels keep less)
-      + per LoRA module 4 * (d_in + r) (its float32 input and the rank-r hidden, for the
-      LoRA gradients) + d_in (the LoRA dropout mask, bool) + 2d (the two residual dropout
-      masks, bool, when the decoder's dropout is on: CUDA's fused dropout keeps bool masks,
-      the CPU keeps them in the tensor's dtype); the LoRA-only backward still needs the
-      input gradients through every decoder layer above the first LoRA module. Checked
-      against autograd's saved tensors of a decoder layer on CPU at the real widths in
-      bfloat16: 102,640 bytes per token, 82,160 with the masks as bool; this formula
-      gives 84,224 (it counts attention probabilities where the kernel kept 128 bytes);
-    - head: the final layer norm's input B*T*d*s and the logits at the one position read,
-      B * V * (2s + 12) (the logits, their float32 copy and log-softmax, the gradients);
-    - the image path (vision tower, Q-Former) keeps nothing for the backward when nothing
-      in it trains, cached or not: uncached training adds only the working set of one
-      vision layer, B * N * (5 d_v + f_v) * s (N image tokens), and the pixels.
-    """
-    from peft.tuners.lora import LoraLayer
-
-    conf = blip2_config(det_cfg)
-    tc, vc = conf.text_config, conf.vision_config
-    if getattr(tc, "ffn_dim", None) is None:
-        return None
-    model = model if model is not None else meta_bilora(det_cfg)
-    s = DTYPE_BYTES[det_cfg["dtype"]]
-    batch = batch_size or det_cfg["train"]["batch_size"]
-    weights = {"vision": 0, "qformer": 0, "language": 0}
-    trainable = 0
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            trainable += p.numel()
-            continue
-        part = ("vision" if ".vision_model." in f".{name}" else
-                "qformer" if ".qformer." in f".{name}" or name.endswith("query_tokens")
-                else "language")
-        weights[part] += p.numel() * (4 if part == "qformer" else s)
-    d, n_layers = tc.hidden_size, tc.num_hidden_layers
-    seq = conf.num_query_tokens + 2
-    lora = det_cfg["lora"]
-    lora_in = [m.get_base_layer().in_features for name, m in
-               model.get_base_model().language_model.named_modules()
-               if isinstance(m, LoraLayer) and ".layers.0." in f".{name}."]
-    per_token = decoder_bytes_per_token(tc, lora_in, lora["r"], lora["dropout"], s, seq)
-    tokens = batch * seq
-    n_image = (vc.image_size // vc.patch_size) ** 2 + 1
-    out = {"weights": float(sum(weights.values())),
-           "weights_vision": float(weights["vision"]),
-           "weights_qformer": float(weights["qformer"]),
-           "weights_language": float(weights["language"]),
-           "lora": 16.0 * trainable,
-           "activations": float(tokens * n_layers * per_token),
-           "activations_per_token_layer": float(per_token),
-           "head": float(tokens * d * s + batch * tc.vocab_size * (2 * s + 12)),
-           "image_working_set": float(batch * n_image * (5 * vc.hidden_size
-                                                         + vc.intermediate_size) * s
-                                      + batch * 3 * vc.image_size ** 2 * s),
-           "overhead": CUDA_OVERHEAD, "batch": float(batch), "sequence": float(seq)}
-    out["cached"] = (out["weights"] + out["lora"] + out["activations"] + out["head"]
-                     + out["overhead"])
-    out["uncached"] = out["cached"] + out["image_working_set"]
-    return out
-
-
-def memory_lines(det_cfg: dict[str, Any], model=None) -> list[str]:
-    """The printed peak-memory estimate of training (:func:`training_memory`)."""
-    mem = training_memory(det_cfg, model)
-    if mem is None:
-        return ["peak GPU memory of training: no estimate (the language model is not an "
-                "OPT-style decoder)"]
-    conf = blip2_config(det_cfg)
-
-    def gib(x: float) -> str:
-        return f"{x / GIB:6.2f} GiB"
-    layers = conf.text_config.num_hidden_layers
-    qformer = "Q-Former" + (" float32" if det_cfg["dtype"] != "float32" else "")
-    lines = [
-        f"peak GPU memory of training, estimated (batch {int(mem['batch'])}, "
-        f"{det_cfg['dtype']}; formula: bilora/describe.py training_memory):",
-        f"  frozen weights                          {gib(mem['weights'])} (vision tower "
-        f"{mem['weights_vision'] / GIB:.2f}, {qformer} {mem['weights_qformer'] / GIB:.2f}, "
-        f"language model {mem['weights_language'] / GIB:.2f})",
-        f"  LoRA weights, gradients, Adam (float32) {gib(mem['lora'])}",
-        f"  decoder activations kept for backward   {gib(mem['activations'])} ({layers} layers "
-        f"x {int(mem['sequence'])} tokens x batch {int(mem['batch'])} x "
-        f"{mem['activations_per_token_layer'] / 1024:.1f} KiB)",
-        f"  final norm input, logits at 1 position  {gib(mem['head'])}",
-        f"  CUDA context, workspaces (assumed)      {gib(mem['overhead'])}",
-        f"  total, training from cached features    {gib(mem['cached'])}",
-        f"  total, uncached                         {gib(mem['uncached'])} (the frozen image "
-        "path keeps nothing for the backward: + one vision layer's working set)"]
-    if det_cfg["extra_trainable"]:
-        lines.append("  not counted: the activations of " + ", ".join(det_cfg["extra_trainable"])
-                     + " (trained here)")
-    else:
-        image = (mem["weights_vision"] + mem["weights_qformer"]) / GIB
-        lines.append(f"  with cached features the image path's weights ({image:.2f} GiB) need "
-                     "not be on the GPU (the harness moves the whole model there)")
-    return lines
 
 
 def describe_module(det_cfg: dict[str, Any]) -> list[str]:
     """A generic summary: the detector built on the meta device, its parameter counts."""
     import torch
 
-    from bilora.detectors import detector_class
+    from bilora.api.detector import detector_class
 
     with torch.device("meta"):
         det = detector_class(det_cfg["kind"]).build(

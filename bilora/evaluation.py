@@ -16,6 +16,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -25,7 +26,7 @@ from bilora.data.dataset import ImageTable, Perturbation
 from bilora.data.perturbations import parse_level
 from bilora.score_parts import NO_TOKEN, SCORE_COLUMNS, join_scores, read_part, write_part
 
-__all__ = ["NO_TOKEN", "SCORE_COLUMNS", "predict", "read_part", "score_table"]
+__all__ = ["NO_TOKEN", "SCORE_COLUMNS", "predict", "read_part", "score_group", "score_table"]
 
 log = logging.getLogger("bilora.evaluation")
 
@@ -128,3 +129,35 @@ def score_table(detector, rows: pd.DataFrame, conditions: Sequence[tuple[str, st
         folder = Path(parts_dir) if parts_dir is not None else Path(tmp)
         return score_conditions(rows, conditions, score, dataset, seed, protocol,
                                 {"model": (folder, fingerprint)})["model"]
+
+
+def score_group(group: Any, rows: pd.DataFrame, condition: tuple[str, str],
+                parts: Sequence[tuple[Path, str]], seed: int, protocol: str,
+                batch_size: int, num_workers: int = 0, jpeg_quality: int | None = None,
+                progress: bool = True) -> list[bool]:
+    """Score every member of a shared-base ``group`` (a kind's ``group_scorer``: ``predict``,
+    ``input_size``, ``device``) under one condition into its cell's parts folder
+    (``parts[i]`` = (folder, fingerprint)); adapters whose part is already there and
+    current are skipped. Returns, per adapter, whether it was scored now."""
+    from bilora.data.dataset import ImageTable
+
+    def dataset(unique: pd.DataFrame, perturb: Perturbation | None) -> ImageTable:
+        return ImageTable(unique, group.input_size, perturb, jpeg_quality)
+
+    scored: list[int] = []
+
+    def score(ds: ImageTable, desc: str, models: list[str]
+              ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        which = [int(m) for m in models]
+        scored.extend(which)
+        out: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {i: [] for i in which}
+        for images, _ in progress_bar(loader(ds, batch_size, num_workers, group.device),
+                                      f"{desc} x {len(which)} adapters", progress):
+            for i, (p, t) in group.predict(images, which).items():
+                out[i].append((p.float().cpu(), t.to(torch.int32).cpu()))
+        return {str(i): (torch.cat([p for p, _ in v]), torch.cat([t for _, t in v]))
+                for i, v in out.items()}
+
+    score_conditions(rows, [condition], score, dataset, seed, protocol,
+                     {str(i): part for i, part in enumerate(parts)})
+    return [i in scored for i in range(len(parts))]

@@ -44,12 +44,7 @@ def cache_point(detector, setting: str | None, augmenting: bool) -> tuple[str | 
         return None, "feature_cache is off"
     if augmenting:
         return None, "training applies random augmentation (train.augment)"
-    stage = detector.frozen_stage()
-    if stage is None:
-        return None, "no point of the image path is frozen (the vision tower trains)"
-    if setting == "qformer" and stage == "projected":
-        return "qformer", "the Q-Former output (the projection is applied each step)"
-    return stage, f"the deepest frozen point ({stage})"
+    return detector.cache_stage(setting)
 
 
 def base_identity(path: str) -> dict[str, Any]:
@@ -65,10 +60,8 @@ def base_identity(path: str) -> dict[str, Any]:
 
 def cache_key(detector, stage: str, rows: pd.DataFrame, jpeg_quality: int | None) -> str:
     """A sha1 of everything that determines the cached features."""
-    preprocessing = detector.processor.image_processor.to_dict()
-    doc = {"base": base_identity(detector.base_path), "dtype": detector.cfg["dtype"],
-           "stage": stage, "preprocessing": preprocessing, "size": detector.input_size,
-           "jpeg_quality": jpeg_quality, "images": rows["sha1"].tolist()}
+    doc = {**detector.feature_identity(), "stage": stage, "jpeg_quality": jpeg_quality,
+           "images": rows["sha1"].tolist()}
     return hashlib.sha1(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 

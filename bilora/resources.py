@@ -19,11 +19,8 @@ checkpoint on ``--retries``). A job's runtime and memory grow with Snakemake's
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Callable, Mapping
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 from bilora import config as C
@@ -60,9 +57,6 @@ BASE_MB = 1536                    # Python + torch (+ transformers) resident set
 WORKER_MB = 512                   # one DataLoader worker process
 PNG_BYTES_PER_PIXEL = 1.5         # compressed RGB, natural images
 
-# timm models: (GMACs, native image size, parameters); others count as resnet50.
-TIMM = {"resnet50": (4.1, 224, 25.6e6), "legacy_xception": (8.4, 299, 22.9e6),
-        "xception41": (9.3, 299, 27.0e6), "xception65": (14.0, 299, 40.0e6)}
 # dataset counts a config does not state
 RICKER_TEST_FAKES = 10_000        # per generator (and one shared real set of the same size)
 LOCAL_IMAGES = {"train": 324_000, "test": 12_000, "size": 512}   # a GenImage subset
@@ -138,7 +132,8 @@ def _estimate(cfg: Mapping[str, Any], rule: str, wc: dict[str, str]) -> tuple[fl
 def _model_job(cfg: Mapping[str, Any], rule: str, detector: str, generator: str
                ) -> tuple[float, float]:
     det = C.detectors(cfg)[detector]
-    fwd, params, side = _model_size(det)
+    cost = _cost(det)
+    fwd, params = cost.forward_flops, cost.parameters
     gpu = gpus_per_model_job(cfg) > 0
     dtype = det.get("dtype", "float32")
     workers = cfg["data"]["num_workers"]
@@ -146,9 +141,9 @@ def _model_job(cfg: Mapping[str, Any], rule: str, detector: str, generator: str
     if rule == "train_detector":
         counts = _images(cfg, generator)
         images = counts["train"] * det["train"]["epochs"]
-        flops = images * fwd * _train_factor(det)
+        flops = images * fwd * cost.train_factor
         batch = det["train"]["batch_size"]
-        optimizer_mb = _trainable_params(det, params) * 16 / 2**20  # fp32 weights, grad, Adam
+        optimizer_mb = cost.trainable_share * params * 16 / 2**20  # fp32 weights, grad, Adam
     else:
         counts = {"size": max(_images(cfg, g)["size"] for g in cfg["generators"]["test"])}
         images = _score_rows(cfg, detectors=1, cells=1)
@@ -166,7 +161,7 @@ def _model_job(cfg: Mapping[str, Any], rule: str, detector: str, generator: str
     # a GPU job holds the weights on the host while loading; a CPU job also its activations
     activations_mb = 0.0 if gpu else batch * fwd / 1e9 * (12 if rule == "train_detector" else 4)
     mem = (BASE_MB + 2 * weights_mb + optimizer_mb * (not gpu) + activations_mb
-           + workers * WORKER_MB + batch * side * side * 3 * 4 / 2**20)
+           + workers * WORKER_MB + batch * cost.side * cost.side * 3 * 4 / 2**20)
     return minutes, mem
 
 
@@ -239,68 +234,11 @@ def _score_rows(cfg: Mapping[str, Any], detectors: int | None = None,
     return detectors * cells * per_cell
 
 
-def _model_size(det: Mapping[str, Any]) -> tuple[float, float, int]:
-    """(forward FLOPs per image, parameters, input side in pixels) of a detector section."""
-    if det["kind"] == "bilora":
-        return _blip2_size(_blip2_dims(det))
-    if det["kind"] == "timm":
-        gmacs, native, params = TIMM.get(det["model_name"], TIMM["resnet50"])
-        side = det["image_size"]
-        return 2e9 * gmacs * (side / native) ** 2, params, side
-    side = det["image_size"]  # dummy: one 3x3 conv with 8 channels
-    return 2 * 27 * 8 * side * side, 300, side
+def _cost(det: Mapping[str, Any]):
+    """The detector kind's cost of a section (bilora.api.kinds.Cost)."""
+    from bilora.api.kinds import kind
 
-
-def _blip2_dims(det: Mapping[str, Any]) -> dict[str, Any]:
-    base = det["base_model"]
-    if base["source"] == "tiny":
-        t = base["tiny"]
-        return {"vision": (t["vision_width"], 2 * t["vision_width"], t["vision_layers"]),
-                "qformer": (t["qformer_width"], 2 * t["qformer_width"], t["qformer_layers"]),
-                "text": (t["text_width"], 2 * t["text_width"], t["text_layers"]),
-                "vocab": 64, "image": t["image_size"], "patch": t["patch_size"],
-                "queries": t["num_query_tokens"]}
-    return _arch_dims(base.get("name_or_path", ""))
-
-
-@cache
-def _arch_dims(name: str) -> dict[str, Any]:
-    """Widths of a pretrained BLIP-2: its local config.json, the shipped one, else opt-2.7b's."""
-    from bilora.describe import ARCH_DIR, SHIPPED
-
-    local = Path(name) / "config.json"
-    path = local if local.is_file() else ARCH_DIR / SHIPPED.get(name, "blip2-opt-2.7b.json")
-    arch = json.loads(path.read_text())
-    v, q, t = arch["vision_config"], arch["qformer_config"], arch["text_config"]
-    return {"vision": (v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"]),
-            "qformer": (q["hidden_size"], q["intermediate_size"], q["num_hidden_layers"]),
-            "text": (t["hidden_size"], t["ffn_dim"], t["num_hidden_layers"]),
-            "vocab": t["vocab_size"], "image": v["image_size"], "patch": v["patch_size"],
-            "queries": arch.get("num_query_tokens", 32)}
-
-
-def _blip2_size(d: dict[str, Any]) -> tuple[float, float, int]:
-    def layer(width: int, ffn: int) -> int:
-        return 4 * width * width + 2 * width * ffn
-
-    vision_tokens = (d["image"] // d["patch"]) ** 2 + 1
-    text_tokens = d["queries"] + 2
-    pv, pq, pt = (layer(w, f) * n for w, f, n in (d["vision"], d["qformer"], d["text"]))
-    head = d["vocab"] * d["text"][0]
-    flops = 2 * (pv * vision_tokens + pq * d["queries"] + pt * text_tokens + head * text_tokens)
-    return flops, pv + pq + pt + head, d["image"]
-
-
-def _train_factor(det: Mapping[str, Any]) -> float:
-    """Training FLOPs per forward FLOP: 3 when everything trains; less for LoRA on a frozen
-    vision tower (no backward through it)."""
-    if det["kind"] != "bilora":
-        return 3.0
-    return 3.0 if "vision_model" in det.get("extra_trainable", []) else 1.8
-
-
-def _trainable_params(det: Mapping[str, Any], params: float) -> float:
-    return params if det["kind"] != "bilora" else 0.02 * params
+    return kind(det["kind"]).cost(dict(det))
 
 
 def _runtime_scale(cfg: Mapping[str, Any]) -> float:

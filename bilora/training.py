@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
+from bilora.api.detector import Detector
 from bilora.atomic import atomic_path, derive_seed
-from bilora.detectors import Detector
 
 log = logging.getLogger("bilora.training")
 CHECKPOINT = "last.pt"

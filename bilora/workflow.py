@@ -73,7 +73,7 @@ def prefetch_marker(cfg: dict[str, Any]) -> list[str]:
 
 def check_models(cfg: dict[str, Any]) -> None:
     """Each detector kind's model-name check, when the DAG is built (ConfigError names the key)."""
-    from bilora.registry import check_models as check
+    from bilora.api.kinds import check_models as check
 
     check(C.detectors(cfg))
 
@@ -81,7 +81,7 @@ def check_models(cfg: dict[str, Any]) -> None:
 def bases(cfg: dict[str, Any]) -> dict[str, C.BaseSpec]:
     """Built base models of the run by id (``<kind>-<hash of what makes it>``): detectors
     whose recipe gives the same base share one."""
-    from bilora.registry import base_recipe
+    from bilora.api.kinds import base_recipe
 
     out = {}
     for det, section in C.detectors(cfg).items():
@@ -93,7 +93,7 @@ def bases(cfg: dict[str, Any]) -> dict[str, C.BaseSpec]:
 
 def base_model_dir(cfg: dict[str, Any], detector: str) -> list[str]:
     """The built base a detector trains from (as a one-item list), or nothing."""
-    from bilora.registry import base_recipe
+    from bilora.api.kinds import base_recipe
 
     if base_recipe(C.detectors(cfg)[detector]) is None:
         return []

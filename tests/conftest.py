@@ -40,7 +40,7 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory, default_cfg) -> Path:
     """The embedded default's tiny BLIP-2, built and saved once."""
-    from bilora.tiny_blip2 import build_tiny_blip2
+    from bilora.bases.blip2.tiny import build_tiny_blip2
 
     out = tmp_path_factory.mktemp("base") / "base"
     build_tiny_blip2(default_cfg["detectors"]["bilora"]["base_model"]["tiny"], out, seed=0)

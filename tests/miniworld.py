@@ -379,7 +379,7 @@ def _write_timm(path: Path, name: str, seed: int) -> None:
 def _write_blip2(path: Path, seed: int) -> None:
     from transformers.utils import logging
 
-    from bilora.tiny_blip2 import make_tiny_blip2
+    from bilora.bases.blip2.tiny import make_tiny_blip2
 
     logging.disable_progress_bar()
     model, processor = make_tiny_blip2(BLIP2_CFG, seed)

@@ -52,7 +52,7 @@ def caches(tmp_path_factory, default_cfg):
     import torch
     from safetensors.torch import save_file
 
-    from bilora.tiny_blip2 import build_tiny_blip2
+    from bilora.bases.blip2.tiny import build_tiny_blip2
 
     tmp = tmp_path_factory.mktemp("caches")
     snap = _hub_snapshot(tmp, "Salesforce/blip2-opt-2.7b")
@@ -92,7 +92,7 @@ def test_a_filled_cache_passes_and_loads_through_the_real_paths(caches):
     assert set(found) == {"Salesforce/blip2-opt-2.7b", "resnet50", "legacy_xception"}
     assert all(not f["fetched"] and f["bytes"] > 0 for f in found.values())
     code = ("import torch, json\n"
-            "from bilora.detectors import create_detector\n"
+            "from bilora.api.detector import create_detector\n"
             "cfg = json.loads(open('cfg.json').read())\n"
             "b = create_detector(cfg['bilora'], seed=0)\n"
             "r = create_detector(cfg['resnet50'], seed=0)\n"
@@ -125,7 +125,7 @@ def test_a_local_weights_file_is_used_without_any_cache(tmp_path, caches):
            "pretrained_file": str(mine), "image_size": 32,
            "train": {"epochs": 1, "batch_size": 2, "lr": 1e-3}}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    code = ("import json\nfrom bilora.detectors import create_detector\n"
+    code = ("import json\nfrom bilora.api.detector import create_detector\n"
             "d = create_detector(json.loads(open('cfg.json').read()), seed=0)\n"
             "print(float(d.model.state_dict()['layer1.0.conv1.weight'].flatten()[:5].sum()))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

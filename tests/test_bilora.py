@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bilora.detector import BiLoRADetector
-from bilora.detectors import load_detector, save_detector
+from bilora.api.detector import load_detector, save_detector
+from bilora.kinds.bilora.detector import BiLoRADetector
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ def test_loss_is_on_the_caption_word_only(trained, tiny_data):
     trained.eval()
     with torch.no_grad():
         loss = trained.loss(x, y)
-        ids = trained._prompt(len(y))
+        ids = trained.vlm._prompt(len(y))
         logits = trained.model(pixel_values=trained.pixel_values(x), input_ids=ids,
                                attention_mask=torch.ones_like(ids)).logits[:, -1].float()
         words = torch.tensor(trained.word_ids)[y]
@@ -119,7 +119,7 @@ def test_saved_model_is_a_peft_adapter_folder(trained, tmp_path, tiny_data):
 def test_tiny_base_round_trips_through_from_pretrained(tiny_base, default_cfg):
     from transformers import AutoProcessor, Blip2ForConditionalGeneration
 
-    from bilora.tiny_blip2 import make_tiny_blip2
+    from bilora.bases.blip2.tiny import make_tiny_blip2
 
     a, _ = make_tiny_blip2(default_cfg["detectors"]["bilora"]["base_model"]["tiny"], seed=0)
     a.eval()  # built in memory with the seed tiny_base was saved from
@@ -137,7 +137,8 @@ def test_tiny_base_round_trips_through_from_pretrained(tiny_base, default_cfg):
 
 def test_paper_scale_describe_counts_5242880_trainable():
     from bilora import config as C
-    from bilora.describe import describe, meta_bilora
+    from bilora.describe import describe
+    from bilora.kinds.bilora.describe import meta_bilora
     from tests.conftest import DEFAULT, PAPER
 
     cfg = C.load(PAPER, DEFAULT)["detectors"]["bilora"]

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from bilora.detectors import create_detector, detector_class, load_detector, save_detector
-from bilora.registry import KINDS
+from bilora.api.detector import create_detector, detector_class, load_detector, save_detector
+from bilora.api.kinds import kind_names
 
 TIMM_CFG = {"kind": "timm", "model_name": "resnet50", "pretrained": False, "image_size": 32,
             "model_kwargs": {"layers": [1, 1, 1, 1], "channels": [8, 8, 16, 16],
@@ -28,7 +28,7 @@ def batch():
     return x, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
 
 
-@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("kind", kind_names())
 def test_detector_contract(kind, default_cfg, tiny_base, batch, tmp_path):
     cfg = _cfg(kind, default_cfg)
     det = create_detector(cfg, seed=0, base_dir=str(tiny_base))
@@ -52,7 +52,7 @@ def test_detector_contract(kind, default_cfg, tiny_base, batch, tmp_path):
 
 
 def test_unknown_kind_lists_the_known_ones():
-    with pytest.raises(KeyError, match="known kinds: bilora, dummy, timm"):
+    with pytest.raises(KeyError, match="known: bilora, dummy, timm"):
         detector_class("vit")
 
 

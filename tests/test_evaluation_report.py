@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
+from bilora.api.detector import create_detector
 from bilora.data.dataset import load_rows
-from bilora.detectors import create_detector
 from bilora.evaluation import score_table
 from bilora.metrics import metrics_table
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from bilora.data.dataset import ImageTable, load_rows
-from bilora.detector import BiLoRADetector
 from bilora.feature_cache import FeatureTable, build, cache_key, cache_point
+from bilora.kinds.bilora.detector import BiLoRADetector
 from bilora.training import train_detector
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ def test_cached_loss_and_lora_gradients_equal_the_uncached(default_cfg, tiny_bas
     labels = torch.tensor([ds[i][1] for i in range(8)])
     with torch.no_grad():  # the trap of a random BLIP-2: an image path that ignores the image
         x = det.features(images, "projected")
-        spread = (det.last_logits(x)[:, det.word_ids].diff(dim=-1)).std()
+        spread = (det.vlm.answer_logits(x)[:, det.word_ids].diff(dim=-1)).std()
     assert spread > 1e-3, "the image does not move the logits: the check would prove nothing"
 
     def grads(loss):
@@ -53,7 +53,7 @@ def test_cached_loss_and_lora_gradients_equal_the_uncached(default_cfg, tiny_bas
     # the reference: BLIP-2's own forward from pixels, its loss over every position with -100
     # on the image tokens and BOS (the full vocabulary head at every position)
     words = torch.tensor(det.word_ids)[labels]
-    ids = torch.cat([det._prompt(8), words[:, None]], 1)
+    ids = torch.cat([det.vlm._prompt(8), words[:, None]], 1)
     target = torch.full_like(ids, -100)
     target[:, -1] = words
     torch.manual_seed(5)
@@ -128,6 +128,6 @@ def test_no_cache_where_it_would_not_be_exact(default_cfg, tiny_base):
     whole = BiLoRADetector.build(_cfg(default_cfg, extra_trainable=["vision_model"]), 0,
                                  str(tiny_base))
     assert cache_point(whole, "auto", False) == (
-        None, "no point of the image path is frozen (the vision tower trains)")
+        None, "no point of the image path is frozen (its first stage trains)")
     lora_only = BiLoRADetector.build(_cfg(default_cfg, extra_trainable=[]), 0, str(tiny_base))
     assert cache_point(lora_only, "qformer", False)[0] == "qformer"

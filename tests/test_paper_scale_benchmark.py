@@ -146,7 +146,7 @@ def paper_bilora():
 
 
 def test_training_memory_of_the_paper_fits_a_24_gb_card(paper_bilora):
-    from bilora.describe import training_memory
+    from bilora.bases.blip2.memory import training_memory
 
     mem = training_memory(paper_bilora)
     # 3.745 B frozen parameters x 2 bytes (bf16) = 6.98 GiB; the ~105 M of the Q-Former
@@ -166,7 +166,8 @@ def test_training_memory_of_the_paper_fits_a_24_gb_card(paper_bilora):
 
 
 def test_training_memory_activations_scale_with_the_batch(paper_bilora):
-    from bilora.describe import meta_bilora, training_memory
+    from bilora.bases.blip2.memory import training_memory
+    from bilora.kinds.bilora.describe import meta_bilora
 
     model = meta_bilora(paper_bilora)
     small = training_memory(paper_bilora, model, batch_size=32)
@@ -195,7 +196,7 @@ def test_decoder_activation_estimate_matches_autograd(ps, paper_bilora):
     84,224 estimated (1.22x); at these tiny widths 1,296 measured, 1,160 estimated (1.12x)."""
     import torch
 
-    from bilora.describe import decoder_bytes_per_token
+    from bilora.bases.blip2.memory import decoder_bytes_per_token
 
     conf = ps.bench_config(paper_bilora, layers=2, quick=True)
     det, _ = ps.build_detector(paper_bilora, conf, seed=0)

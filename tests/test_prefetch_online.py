@@ -77,7 +77,7 @@ def repos(tmp_path_factory, default_cfg):
     import torch
     from safetensors.torch import save_file
 
-    from bilora.tiny_blip2 import IMAGE, make_tiny_blip2
+    from bilora.bases.blip2.tiny import IMAGE, make_tiny_blip2
 
     tmp = tmp_path_factory.mktemp("hub")
     tiny = default_cfg["detectors"]["bilora"]["base_model"]["tiny"]

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from bilora.detectors import create_detector
+from bilora.api.detector import create_detector
 from bilora.training import CHECKPOINT, augment, learning_rate, train_detector
 
 SPEC = {"detector_id": "r", "train_generator": "sim-LDM", "seed": 11, "device": "cpu",

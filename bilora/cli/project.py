@@ -13,14 +13,14 @@ from bilora.errors import ConfigError
 
 def cmd_ls(args: argparse.Namespace) -> int:
     from bilora import config as C
-    from bilora.registry import KINDS
+    from bilora.api.kinds import kind_names
 
     cfg = C.load(args.configfile)
     print(f"run: {cfg['run']}   (results/{cfg['run']}/)")
     print("detectors:")
     for name, det in C.detectors(cfg).items():
         print(f"  {name:12s} kind={det['kind']}")
-    print("registered kinds: " + ", ".join(sorted(KINDS)))
+    print("registered kinds: " + ", ".join(kind_names()))
     print("training generators: " + ", ".join(cfg["generators"]["train"]))
     print("test generators:     " + ", ".join(cfg["generators"]["test"]))
     for name, ds in cfg["data"]["datasets"].items():
@@ -30,7 +30,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from bilora import config as C
-    from bilora.registry import check_models
+    from bilora.api.kinds import check_models
 
     cfg = C.load(args.configfile)
     check_models(C.detectors(cfg))

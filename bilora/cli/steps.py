@@ -58,7 +58,8 @@ def cmd_make_procedural(args: argparse.Namespace) -> int:
 # -- models -------------------------------------------------------------------------------
 
 def cmd_build_base(args: argparse.Namespace) -> int:
-    from bilora.registry import kind, resolve
+    from bilora.api.kinds import kind
+    from bilora.api.plugins import resolve
 
     spec = _spec(args.spec)
     _setup(args)
@@ -72,10 +73,10 @@ def cmd_build_base(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from bilora import feature_cache
+    from bilora.api.detector import create_detector, resolve_device, save_detector
     from bilora.config import digest
     from bilora.data.dataset import ImageTable, load_rows
     from bilora.data.manifest import manifest_digest
-    from bilora.detectors import create_detector, resolve_device, save_detector
     from bilora.training import CHECKPOINT, augments, train_detector
 
     spec = _spec(args.spec)
@@ -138,9 +139,9 @@ def _write_scores(scores, args: argparse.Namespace, spec: dict[str, Any], rows) 
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from bilora.api.detector import load_detector
     from bilora.data.dataset import load_rows
     from bilora.data.perturbations import conditions
-    from bilora.detectors import load_detector
     from bilora.evaluation import score_table
 
     spec = _spec(args.spec)
@@ -159,10 +160,12 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_score_group(args: argparse.Namespace) -> int:
+    from bilora.api.detector import resolve_device
+    from bilora.api.kinds import kind as kind_spec
+    from bilora.api.plugins import resolve
     from bilora.atomic import write_json
     from bilora.data.dataset import load_rows
-    from bilora.detectors import resolve_device
-    from bilora.group_scoring import AdapterGroup, score_group
+    from bilora.evaluation import score_group
 
     spec = _spec(args.spec)
     _setup(args)
@@ -173,7 +176,10 @@ def cmd_score_group(args: argparse.Namespace) -> int:
     from bilora.model_files import read_detector_meta
 
     configs = [read_detector_meta(m)["config"] for m in args.models]
-    group = AdapterGroup(args.models, configs, resolve_device(spec["device"]))
+    scorer = kind_spec(configs[0]["kind"]).group_scorer
+    if scorer is None:
+        raise ConfigError(f"detector kind {configs[0]['kind']!r} scores no groups")
+    group = resolve(scorer)(args.models, configs, resolve_device(spec["device"]))
     parts = [(_parts(Path(m).parent / "scores.parquet"),
               _cell_fingerprint(spec["members"][det], m, rows))
              for (det, _, _), m in zip(cells, args.models, strict=True)]
@@ -272,8 +278,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = step("make-procedural", cmd_make_procedural, "write a procedural dataset and manifest",
              threads=True, quiet=True)
     s.add_argument("--out", required=True, help="manifest path (<root>/<dataset>/manifest.parquet)")
-    s = step("build-base", cmd_build_base, "build and save a tiny random BLIP-2 base model",
-             threads=True)
+    s = step("build-base", cmd_build_base, "build and save the tiny random base model of a "
+             "detector kind", threads=True)
     s.add_argument("--out", required=True)
     s = step("train", cmd_train, "train one detector on one training generator",
              threads=True, quiet=True, workers=True)
@@ -293,7 +299,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     cell_scores(step("score", cmd_score, "score a trained detector on every test set x "
                      "perturbation", threads=True, quiet=True, workers=True))
-    s = step("score-group", cmd_score_group, "score a group of Bi-LoRA adapters that share a "
+    s = step("score-group", cmd_score_group, "score a group of cells that share a frozen "
              "base under one condition, with one image pass", threads=True, quiet=True,
              workers=True)
     s.add_argument("--models", nargs="+", required=True, help="the group's trained models")

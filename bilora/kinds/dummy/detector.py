@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bilora.detectors import Detector
+from bilora.api.detector import Detector
 
 WEIGHTS = "model.safetensors"
 

@@ -3,7 +3,8 @@
 Every detector, Bi-LoRA or baseline, is built from its config section, trained by
 the shared loop from ``loss(images, labels)``, saved to and loaded from a folder,
 and asked for ``predict_proba(images)``: P(fake) for a batch of uint8 NCHW images.
-Evaluation, metrics and reports only ever see this interface.
+Evaluation, metrics and reports only ever see this interface. Which class a kind uses is
+its spec's business (:mod:`bilora.api.kinds`).
 """
 
 from __future__ import annotations
@@ -75,6 +76,17 @@ class Detector(nn.Module, metaclass=ABCMeta):
         """The deepest frozen point of the image path whose output can be cached, or None."""
         return None
 
+    def cache_stage(self, setting: str) -> tuple[str | None, str]:
+        """(the stage a frozen-feature cache keeps, or None; why) for the section's
+        ``feature_cache`` setting. A kind with a cache implements it with ``features``,
+        ``loss_from_features`` and ``feature_identity``."""
+        return None, f"detector kind {self.kind!r} has no frozen-feature cache"
+
+    def feature_identity(self) -> dict[str, Any]:
+        """Everything but the images that determines cached features (the frozen part, its
+        dtype and preprocessing): part of a cache's key."""
+        raise NotImplementedError(f"detector kind {self.kind!r} has no frozen-feature cache")
+
     # -- shared -------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -108,12 +120,12 @@ class Detector(nn.Module, metaclass=ABCMeta):
 
 
 def detector_class(kind: str) -> type[Detector]:
-    """The class registered for ``kind`` (:mod:`bilora.registry`); the error lists the known
+    """The class registered for ``kind`` (:mod:`bilora.api.kinds`); the error lists the known
     kinds."""
-    from bilora.registry import kind as registry_kind
-    from bilora.registry import resolve
+    from bilora.api.kinds import kind as kind_spec
+    from bilora.api.plugins import resolve
 
-    return resolve(registry_kind(kind).detector)
+    return resolve(kind_spec(kind).detector)
 
 
 def create_detector(cfg: dict[str, Any], seed: int, base_dir: str | None = None) -> Detector:

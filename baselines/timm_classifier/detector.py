@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bilora.detectors import Detector
+from bilora.api.detector import Detector
 
 WEIGHTS = "model.safetensors"
 

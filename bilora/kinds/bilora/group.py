@@ -5,8 +5,9 @@ deepest point none of them trains (the projected query embeddings when only LoRA
 trains, the vision tower's output when an adapter also trains the Q-Former) is the same
 for all: it is computed once per test image and condition, and every adapter (PEFT's
 ``load_adapter`` / ``set_adapter`` on one model) runs from there. Each adapter's scores
-are written as its cell's finished condition (:mod:`bilora.evaluation`), exactly what the
-cell's own scoring job would write, so a cell scored alone or in its group is the same.
+are written as its cell's finished condition (:func:`bilora.evaluation.score_group`), exactly
+what the cell's own scoring job would write, so a cell scored alone or in its group is the
+same.
 """
 
 from __future__ import annotations
@@ -17,40 +18,33 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
-from bilora.detector import STAGES, BiLoRADetector, saved_base
 from bilora.errors import ConfigError
+from bilora.kinds.bilora.detector import BiLoRADetector, base_of, saved_base
 
 log = logging.getLogger("bilora.group_scoring")
 
 
-def adapter_stage(model, adapter: str) -> str | None:
-    """The deepest point of the image path that ``adapter`` leaves untouched."""
+def adapter_stage(model, adapter: str, base) -> str | None:
+    """The deepest point of the image path of ``base`` (a VLM base class) that ``adapter``
+    leaves untouched."""
     from peft.tuners.lora import LoraLayer
     from peft.utils import ModulesToSaveWrapper
 
     touched = [name for name, m in model.named_modules()
                if (isinstance(m, LoraLayer) and adapter in m.lora_A)
                or (isinstance(m, ModulesToSaveWrapper) and adapter in m.modules_to_save)]
-    if any(".vision_model." in f".{n}." for n in touched):
-        return None
-    if any(".qformer" in f".{n}" or "query_tokens" in n for n in touched):
-        return "vision"
-    if any(".language_projection" in f".{n}" for n in touched):
-        return "qformer"
-    return "projected"
+    return base.frozen_stage(touched)
 
 
 class AdapterGroup:
-    """One BLIP-2 base with several trained adapters; a detector view per adapter."""
+    """One VLM base with several trained adapters; a detector view per adapter (the Bi-LoRA
+    kind's group scorer: :func:`bilora.evaluation.score_group` runs it)."""
 
     def __init__(self, folders: Sequence[str | os.PathLike], configs: Sequence[dict[str, Any]],
                  device: torch.device):
         from peft import PeftModel
-
-        from bilora.detector import _processor, load_base
 
         folders = [Path(f) for f in folders]
         bases = {saved_base(f) for f in folders}
@@ -60,21 +54,26 @@ class AdapterGroup:
                               f"{sorted(bases)} and {sorted(loading)} (evaluation.sharing: "
                               "cell scores them apart)")
         base = bases.pop()
-        model = load_base(base, configs[0])
+        vlm = base_of(configs[0])
+        model = vlm.load_model(base, configs[0])
         self.names = [f"cell{i}" for i in range(len(folders))]
         model = PeftModel.from_pretrained(model, folders[0], adapter_name=self.names[0])
         for name, folder in zip(self.names[1:], folders[1:], strict=True):
             model.load_adapter(folder, adapter_name=name)
         self.model = model.to(device).eval()
-        self.views = [BiLoRADetector(cfg, self.model, _processor(folder), base).eval()
+        self.views = [BiLoRADetector(cfg, self.model, vlm.load_processor(folder), base).eval()
                       for cfg, folder in zip(configs, folders, strict=True)]
-        stages = [adapter_stage(self.model, n) for n in self.names]
+        stages = [adapter_stage(self.model, n, vlm) for n in self.names]
         if None in stages:
             raise ConfigError("an adapter of the group trains the vision tower: no image "
                               "features can be shared (use evaluation.sharing: cell)")
-        self.stage = min(stages, key=STAGES.index)
+        self.stage = min(stages, key=vlm.stages.index)
         log.info("%d adapters over %s share the image path up to %s", len(folders), base,
                  self.stage)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     @property
     def input_size(self) -> int:
@@ -90,36 +89,3 @@ class AdapterGroup:
             self.model.set_adapter(self.names[i])
             out[i] = self.views[i].predict_from_features(x, self.stage)
         return out
-
-
-def score_group(group: AdapterGroup, rows: pd.DataFrame, condition: tuple[str, str],
-                parts: Sequence[tuple[Path, str]], seed: int, protocol: str,
-                batch_size: int, num_workers: int = 0, jpeg_quality: int | None = None,
-                progress: bool = True) -> list[bool]:
-    """Score every adapter of ``group`` under one condition into its cell's parts folder
-    (``parts[i]`` = (folder, fingerprint)); adapters whose part is already there and
-    current are skipped. Returns, per adapter, whether it was scored now."""
-    from bilora.data.dataset import ImageTable, Perturbation
-    from bilora.evaluation import loader, progress_bar, score_conditions
-
-    def dataset(unique: pd.DataFrame, perturb: Perturbation | None) -> ImageTable:
-        return ImageTable(unique, group.input_size, perturb, jpeg_quality)
-
-    scored: list[int] = []
-
-    def score(ds: ImageTable, desc: str, models: list[str]
-              ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        which = [int(m) for m in models]
-        scored.extend(which)
-        out: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {i: [] for i in which}
-        device = next(group.model.parameters()).device
-        for images, _ in progress_bar(loader(ds, batch_size, num_workers, device),
-                                      f"{desc} x {len(which)} adapters", progress):
-            for i, (p, t) in group.predict(images, which).items():
-                out[i].append((p.float().cpu(), t.to(torch.int32).cpu()))
-        return {str(i): (torch.cat([p for p, _ in v]), torch.cat([t for _, t in v]))
-                for i, v in out.items()}
-
-    score_conditions(rows, [condition], score, dataset, seed, protocol,
-                     {str(i): part for i, part in enumerate(parts)})
-    return [i in scored for i in range(len(parts))]

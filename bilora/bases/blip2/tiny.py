@@ -116,8 +116,3 @@ def make_tiny_blip2(cfg: dict[str, Any], seed: int):
     processor = Blip2Processor(image_processor, tokenizer,
                                num_query_tokens=cfg["num_query_tokens"])
     return model, processor
-
-
-def build_from_spec(spec: dict[str, Any], out_dir: str | os.PathLike, seed: int) -> Path:
-    """The registry's base recipe for Bi-LoRA: ``spec`` is ``{"tiny": <size section>}``."""
-    return build_tiny_blip2(spec["tiny"], out_dir, seed)

@@ -1,0 +1,8 @@
+"""Captioning VLM bases for Bi-LoRA (the protocol: :mod:`bilora.api.bases`).
+
+One module or folder per base, registered here by its checkpoint's ``model_type``.
+"""
+
+BASES = {
+    "blip-2": "bilora.bases.blip2:BLIP2",
+}
