@@ -34,7 +34,13 @@ VARIANT_MARK = "@"
 
 @cache
 def schema() -> dict[str, Any]:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The config's JSON Schema: the YAML file, then what the plug-in registries fill in."""
+    out = yaml.safe_load(SCHEMA_PATH.read_text())
+    # plug-in contributions: each registry fills in its members (names, their own keys)
+    from bilora.api.layouts import contribute_schema as add_layouts
+
+    add_layouts(out)
+    return out
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -480,11 +486,9 @@ def real_set(cfg: dict[str, Any], generator: str) -> str:
         ds = shared
     if ds["source"] == "procedural":
         return "shared procedural test reals"
-    if ds["source"] == "zenodo" or ds["layout"] == "ricker":
-        return "shared LSUN Bedroom test reals (Ricker et al.)"
-    if ds["layout"] == "genimage":
-        return "own GenImage nature (ImageNet) reals"
-    return "own reals of its folder"
+    from bilora.api.layouts import LAYOUTS, layout_of
+
+    return LAYOUTS.get(layout_of(ds)).test_reals
 
 
 def published_file(path: str) -> str:
