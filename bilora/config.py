@@ -33,13 +33,13 @@ VARIANT_MARK = "@"
 
 
 #: Plug-in registries that put their members into the schema ("module:function" (schema)).
-SCHEMA_PARTS = ("bilora.api.kinds:contribute_schema",)
+SCHEMA_PARTS = ("bilora.api.kinds:contribute_schema", "bilora.api.layouts:contribute_schema")
 
 
 @cache
 def schema() -> dict[str, Any]:
-    """The config schema: the YAML file, plus what each plug-in registry contributes (the
-    detector kinds' sections, ...)."""
+    """The config schema: the YAML file, plus what each plug-in registry contributes (its
+    members' names and their own keys: detector kinds' sections, dataset layouts)."""
     from bilora.api.plugins import resolve
 
     out = yaml.safe_load(SCHEMA_PATH.read_text())
@@ -488,11 +488,9 @@ def real_set(cfg: dict[str, Any], generator: str) -> str:
         ds = shared
     if ds["source"] == "procedural":
         return "shared procedural test reals"
-    if ds["source"] == "zenodo" or ds["layout"] == "ricker":
-        return "shared LSUN Bedroom test reals (Ricker et al.)"
-    if ds["layout"] == "genimage":
-        return "own GenImage nature (ImageNet) reals"
-    return "own reals of its folder"
+    from bilora.api.layouts import LAYOUTS, layout_of
+
+    return LAYOUTS.get(layout_of(ds)).test_reals
 
 
 def published_file(path: str) -> str:

@@ -265,7 +265,9 @@ def organize_args(cfg: dict[str, Any], dataset: str) -> str:
     if sample["test_fakes_per_generator"] is not None:
         args += ["--test-fakes-per-generator", str(sample["test_fakes_per_generator"])]
     if ds["source"] == "zenodo":
-        args += ["--layout", "ricker", "--source", raw_dir(cfg, dataset),
+        from bilora.api.layouts import layout_of
+
+        args += ["--layout", layout_of(ds), "--source", raw_dir(cfg, dataset),
                  "--generators", *ds["generators"], "--splits", *ricker_splits(cfg, dataset)]
     else:
         args += ["--layout", ds["layout"], "--source", ds["path"]]

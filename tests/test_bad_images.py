@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFile
 
-from bilora.data.local_sources import canonical_entries
+from bilora.data.layouts.canonical import canonical_entries
 from bilora.data.manifest import ManifestError, build_manifest, sha1_of_file
 
 
@@ -74,7 +74,8 @@ def test_too_many_rejects_fail_naming_the_folder_and_key(tmp_path):
 
 
 def test_truncated_images_are_not_loaded_leniently():
-    import bilora.data.local_sources  # noqa: F401 - importing the data code must not flip it
+    import bilora.data.layouts.canonical  # noqa: F401 - importing the data code must not flip it
+    import bilora.data.local_sources  # noqa: F401
     import bilora.data.lsun  # noqa: F401
 
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False

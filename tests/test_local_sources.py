@@ -8,16 +8,11 @@ import pytest
 from PIL import Image
 
 import bilora.data.manifest as manifest_mod
-from bilora.data.local_sources import (
-    SourceError,
-    canonical_entries,
-    genimage_entries,
-    is_image,
-    list_images,
-    organize,
-    parse_split_map,
-    ricker_entries,
-)
+from bilora.data.folders import SourceError, is_image, list_images, parse_split_map
+from bilora.data.layouts.canonical import canonical_entries
+from bilora.data.layouts.genimage import genimage_entries
+from bilora.data.layouts.ricker import ricker_entries
+from bilora.data.local_sources import organize
 from bilora.data.manifest import Entry, read_manifest
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",

@@ -26,6 +26,7 @@ import os
 import sys
 from pathlib import Path
 
+from bilora.api.layouts import LAYOUTS
 from bilora.atomic import write_text
 from bilora.data.ricker import RICKER_GENERATORS
 
@@ -99,7 +100,8 @@ def _rebuild(args: argparse.Namespace) -> int:
 
 
 def _organize(args: argparse.Namespace) -> int:
-    from bilora.data.local_sources import organize, parse_split_map
+    from bilora.data.folders import parse_split_map
+    from bilora.data.local_sources import organize
 
     df = organize(args.layout, args.source, args.dataset_dir, args.max_rejected_fraction,
                   out=args.out, generator=args.generator,
@@ -182,15 +184,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_rebuild)
 
-    p = sub.add_parser("organize", help="map a folder onto the canonical layout: the manifest")
-    p.add_argument("--layout", required=True, choices=["ricker", "canonical", "genimage"])
+    p = sub.add_parser("organize", help="map a folder with its layout: the manifest")
+    p.add_argument("--layout", required=True, choices=LAYOUTS.names(),
+                   help="a registered layout (bilora/data/layouts/)")
     p.add_argument("--source", required=True)
     p.add_argument("--dataset-dir", required=True,
                    help="manifest paths are relative to it when inside it")
-    p.add_argument("--generator", help="generator name (genimage; one-generator canonical)")
-    p.add_argument("--split-map", help="source=target pairs, e.g. train=train,val=test")
-    p.add_argument("--generators", nargs="+", help="generators to include (ricker: required)")
-    p.add_argument("--splits", nargs="+", help="ricker splits to include (default all)")
+    p.add_argument("--generator", help="the one generator of the folder (for layouts that take it)")
+    p.add_argument("--split-map", help="source=target pairs, e.g. train=train,val=test "
+                   "(for layouts that take it)")
+    p.add_argument("--generators", nargs="+",
+                   help="generators to include (for layouts that take them)")
+    p.add_argument("--splits", nargs="+",
+                   help="splits to include (for layouts that take them; default all)")
     p.add_argument("--max-rejected-fraction", type=float, required=True)
     p.add_argument("--test-reals-from", metavar="MANIFEST",
                    help="score every test generator against this manifest's shared real set")

@@ -1,0 +1,99 @@
+"""Image folders: what a layout's mapper builds on (listing, labelling, manifest paths).
+
+A path is written relative to the dataset folder when the image lies inside it, else
+absolute, so a user's own folder is used where it is and nothing is copied. Image files
+are recognised by extension, case-insensitively: see ``IMAGE_EXTENSIONS``. Names
+starting with ``.`` (e.g. macOS ``._x.png`` resource forks) are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from bilora.data.manifest import ManifestError
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp",
+                              ".tif", ".tiff", ".gif"})
+SPLITS = ("train", "val", "test")
+REAL, FAKE = "0_real", "1_fake"
+
+
+class SourceError(ManifestError):
+    """A source folder does not have the expected layout; the message names the path."""
+
+
+def is_image(path: str | os.PathLike) -> bool:
+    """Whether a file name has an image extension (any case) and is not hidden."""
+    name = os.path.basename(path)
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder`` (recursive, following links once), sorted by path."""
+    out: list[Path] = []
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        out.extend(Path(root) / f for f in files if is_image(f))
+    return sorted(out)
+
+
+def manifest_path(path: str | os.PathLike, dataset_dir: str | os.PathLike) -> str:
+    """``path`` relative to ``dataset_dir`` (POSIX form) if inside it, else absolute."""
+    path = Path(os.path.abspath(path))
+    base = Path(os.path.abspath(dataset_dir))
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def parse_split_map(text: str | Mapping[str, str] | None) -> dict[str, str]:
+    """``"train=train,val=test"`` (or a mapping) -> ``{"train": "train", "val": "test"}``."""
+    if text is None:
+        return {}
+    if isinstance(text, Mapping):
+        pairs = dict(text)
+    else:
+        pairs = {}
+        for item in filter(None, (p.strip() for p in text.split(","))):
+            src, sep, dst = item.partition("=")
+            if not sep or not src.strip() or not dst.strip():
+                raise SourceError(f"split map item {item!r} is not 'source=target'")
+            pairs[src.strip()] = dst.strip()
+    bad = sorted(v for v in pairs.values() if v not in SPLITS)
+    if bad:
+        raise SourceError(f"split map targets {bad} are not among {list(SPLITS)}")
+    return pairs
+
+
+def find_root(source: Path, required: Sequence[str], layout: str) -> Path:
+    """``source`` itself, or its only sub-folder, holding one of the ``required`` folders."""
+    if not source.is_dir():
+        raise SourceError(f"{layout} source folder not found: {source}")
+    if any((source / r).is_dir() for r in required):
+        return source
+    subs = [d for d in sorted(source.iterdir()) if d.is_dir() and not d.name.startswith(".")
+            and any((d / r).is_dir() for r in required)]
+    if len(subs) == 1:
+        return subs[0]
+    raise SourceError(f"{source} does not look like a {layout} folder: none of "
+                      f"{list(required)} in it" + (f" (candidates: {subs})" if subs else ""))
+
+
+def labelled(folder: Path) -> list[tuple[Path, int]]:
+    """Images under ``folder`` with the label of their nearest 0_real/1_fake ancestor."""
+    out = []
+    for img in list_images(folder):
+        for part in reversed(img.relative_to(folder).parts[:-1]):
+            if part in (REAL, FAKE):
+                out.append((img, 0 if part == REAL else 1))
+                break
+    return out
