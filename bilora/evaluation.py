@@ -119,7 +119,8 @@ def score_table(detector, rows: pd.DataFrame, conditions: Sequence[tuple[str, st
     detector.eval()
 
     def dataset(unique: pd.DataFrame, perturb: Perturbation | None) -> ImageTable:
-        return ImageTable(unique, detector.input_size, perturb, jpeg_quality)
+        return ImageTable(unique, detector.input_size, perturb, jpeg_quality,
+                          fit=detector.input_fit)
 
     def score(ds: ImageTable, desc: str, models: list[str]
               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -136,13 +137,13 @@ def score_group(group: Any, rows: pd.DataFrame, condition: tuple[str, str],
                 batch_size: int, num_workers: int = 0, jpeg_quality: int | None = None,
                 progress: bool = True) -> list[bool]:
     """Score every member of a shared-base ``group`` (a kind's ``group_scorer``: ``predict``,
-    ``input_size``, ``device``) under one condition into its cell's parts folder
+    ``input_size``, ``input_fit``, ``device``) under one condition into its cell's parts folder
     (``parts[i]`` = (folder, fingerprint)); adapters whose part is already there and
     current are skipped. Returns, per adapter, whether it was scored now."""
     from bilora.data.dataset import ImageTable
 
     def dataset(unique: pd.DataFrame, perturb: Perturbation | None) -> ImageTable:
-        return ImageTable(unique, group.input_size, perturb, jpeg_quality)
+        return ImageTable(unique, group.input_size, perturb, jpeg_quality, fit=group.input_fit)
 
     scored: list[int] = []
 

@@ -40,6 +40,12 @@ class Detector(nn.Module, metaclass=ABCMeta):
         return int(self.cfg["image_size"])
 
     @property
+    def input_fit(self) -> str:
+        """How the data loader brings an image to ``input_size``: ``resize`` (bicubic) or
+        ``crop`` (the centre crop, zero-padded when smaller; no resizing)."""
+        return "resize"
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 

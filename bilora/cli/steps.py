@@ -88,7 +88,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     counts = det.parameter_counts()
     log.info("%s: %d images of %s; parameters %d, trainable %d", spec["detector_id"], len(rows),
              spec["train_generator"], counts["total"], counts["trainable"])
-    images = ImageTable(rows, det.input_size, jpeg_quality=spec["jpeg_quality"])
+    images = ImageTable(rows, det.input_size, jpeg_quality=spec["jpeg_quality"],
+                        fit=det.input_fit)
     plan = feature_cache.prepare(det, images, rows, spec["jpeg_quality"],
                                  Path(args.cache_dir or Path(args.out).parent / "features"),
                                  augments(det.cfg["train"]), args.num_workers,

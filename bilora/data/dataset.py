@@ -22,7 +22,9 @@ from bilora.data.manifest import load_rows
 from bilora.data.perturbations import jpeg
 from bilora.errors import DataError
 
-__all__ = ["ImageChanged", "ImageTable", "Perturbation", "load_rows", "read_checked"]
+FITS = ("resize", "crop")  # how an image becomes the detector's square input
+
+__all__ = ["FITS", "ImageChanged", "ImageTable", "Perturbation", "load_rows", "read_checked"]
 
 
 class ImageChanged(DataError):
@@ -59,12 +61,18 @@ class ImageTable(torch.utils.data.Dataset):
     tensor, label).
 
     Each image is decoded, then re-encoded as JPEG at ``jpeg_quality`` when given (the
-    format control), then degraded by ``perturb`` when given, then resized to a
-    ``size`` x ``size`` square (bicubic).
+    format control), then degraded by ``perturb`` when given, then brought to a ``size`` x
+    ``size`` square as ``fit`` says: ``resize`` (bicubic), or ``crop``, the centre crop
+    without resizing (an image smaller than the crop is padded with zeros around it, as
+    torchvision's ``CenterCrop`` does: UnivFD's and NPR's test preprocessing).
     """
 
     def __init__(self, rows: pd.DataFrame, size: int | None,
-                 perturb: Perturbation | None = None, jpeg_quality: int | None = None):
+                 perturb: Perturbation | None = None, jpeg_quality: int | None = None,
+                 fit: str = "resize"):
+        if fit not in FITS:
+            raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
+        self.fit = fit
         self.paths = rows["abspath"].tolist()
         self.labels = rows["label"].astype(int).tolist()
         self.sha1 = rows["sha1"].tolist()
@@ -91,7 +99,11 @@ class ImageTable(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img = self.image(i)
-        if self.size and img.size != (self.size, self.size):
+        if self.size and self.fit == "resize" and img.size != (self.size, self.size):
             img = img.resize((self.size, self.size), Image.BICUBIC)
         arr = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+        if self.size and self.fit == "crop" and img.size != (self.size, self.size):
+            from torchvision.transforms.functional import center_crop
+
+            arr = center_crop(arr, [self.size, self.size])
         return arr, self.labels[i]

@@ -79,6 +79,10 @@ class AdapterGroup:
     def input_size(self) -> int:
         return self.views[0].input_size
 
+    @property
+    def input_fit(self) -> str:
+        return self.views[0].input_fit
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor, which: Sequence[int]
                 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
