@@ -19,6 +19,7 @@ class Counting:
 
     def __init__(self, det):
         self.det, self.seen, self.input_size = det, 0, det.input_size
+        self.input_fit = det.input_fit
         self.device = det.device
 
     def eval(self):
