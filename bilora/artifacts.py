@@ -66,8 +66,12 @@ class Artifact:
 
 
 def needed(detectors: dict[str, dict[str, Any]]) -> list[Artifact]:
-    """The pretrained artifacts of a run's detectors (each once, in config order)."""
+    """The pretrained artifacts of a run's detectors (each once, in config order), then the
+    released checkpoints of imported detectors (``bilora.checkpoints``)."""
+    from bilora.checkpoints import artifacts as checkpoint_artifacts
+
     out: dict[tuple, Artifact] = {}
+    released = [a for det, s in detectors.items() for a in checkpoint_artifacts(det, s)]
     for det, s in detectors.items():
         if s["kind"] == "bilora" and s["base_model"]["source"] == "pretrained":
             a = Artifact("blip2", s["base_model"]["name_or_path"],
@@ -78,7 +82,7 @@ def needed(detectors: dict[str, dict[str, Any]]) -> list[Artifact]:
         else:
             continue
         out.setdefault((a.kind, a.name, a.file), a)
-    return list(out.values())
+    return list(out.values()) + released
 
 
 def _offline() -> bool:
@@ -246,6 +250,10 @@ def resolve(a: Artifact, allow_network: bool, configfile: str | None = None
     """Find (or, with network, fetch) one artifact and check it is loadable. Returns what
     was found: path, bytes, and whether it was fetched now. ArtifactError names the
     artifact, its config key and the command that fetches it."""
+    if a.kind == "checkpoint":
+        from bilora.checkpoints import resolve as resolve_checkpoint
+
+        return resolve_checkpoint(a, allow_network, configfile)
     local = _blip2_local(a) if a.kind == "blip2" else _timm_local(a)
     fetched = False
     if local is None or not local.exists():
