@@ -65,15 +65,18 @@ class Artifact:
 
 def needed(detectors: dict[str, dict[str, Any]]) -> list[Artifact]:
     """The pretrained artifacts of a run's detectors (each once, in config order), as each
-    detector kind lists them."""
+    detector kind lists them, then the released checkpoints of imported detectors
+    (``bilora.checkpoints``)."""
     from bilora.api.kinds import kind
+    from bilora.checkpoints import artifacts as checkpoint_artifacts
 
     out: dict[tuple, Artifact] = {}
+    released = [a for det, s in detectors.items() for a in checkpoint_artifacts(det, s)]
     for det, s in detectors.items():
         listed = kind(s["kind"]).artifacts
         for a in listed(s, f"detectors.{det}") if listed is not None else []:
             out.setdefault((a.kind, a.name, a.file), a)
-    return list(out.values())
+    return list(out.values()) + released
 
 
 def handler(artifact_type: str) -> Any:
@@ -181,6 +184,10 @@ def resolve(a: Artifact, allow_network: bool, configfile: str | None = None
     """Find (or, with network, fetch) one artifact and check it is loadable. Returns what
     was found: path, bytes, and whether it was fetched now. ArtifactError names the
     artifact, its config key and the command that fetches it."""
+    if a.kind == "checkpoint":  # a released checkpoint: bilora.checkpoints
+        from bilora.checkpoints import resolve as resolve_checkpoint
+
+        return resolve_checkpoint(a, allow_network, configfile)
     how = handler(a.kind)
     local = how.local(a)
     fetched = False

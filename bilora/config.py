@@ -170,6 +170,18 @@ def _cross_check(cfg: dict[str, Any], source: str) -> None:
         if det not in cfg["detectors"]:
             raise ConfigError(f"{source}: ablations.{det}: no detector {det!r}; known: "
                               f"{', '.join(cfg['detectors'])}")
+    for det, section in cfg["detectors"].items():
+        for g in checkpoints(section):
+            if g not in cfg["generators"]["train"]:
+                raise ConfigError(f"{source}: detectors.{det}.weights.checkpoints.{g}: {g!r} is "
+                                  f"not a training generator (generators.train: "
+                                  f"{', '.join(cfg['generators']['train'])})")
+    published = cfg["report"].get("published") or {}
+    if published.get("imported") is not None:
+        det = published["imported"]
+        if not imported(cfg["detectors"].get(det, {})):
+            raise ConfigError(f"{source}: report.published.imported: {det!r} is no detector "
+                              "with weights.from: checkpoints")
 
 
 def lsun_dataset(cfg: dict[str, Any]) -> str | None:
@@ -265,6 +277,25 @@ def _expand_ablations(cfg: dict[str, Any], source: str = "config"
     return out
 
 
+def imported(section: dict[str, Any]) -> bool:
+    """Whether a detector section's weights are released checkpoints, not trained."""
+    return (section.get("weights") or {}).get("from") == "checkpoints"
+
+
+def checkpoints(section: dict[str, Any]) -> dict[str, dict[str, str | None]]:
+    """An imported detector's checkpoints: training generator -> {source, revision} (the
+    block's revision unless the entry names its own); {} for a trained detector."""
+    if not imported(section):
+        return {}
+    weights = section["weights"]
+    out: dict[str, dict[str, str | None]] = {}
+    for g, entry in weights["checkpoints"].items():
+        entry = {"source": entry} if isinstance(entry, str) else entry
+        out[g] = {"source": entry["source"],
+                  "revision": entry.get("revision", weights.get("revision"))}
+    return out
+
+
 def detectors(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every detector of the run, by id: the configured ones, then the ablation variants."""
     return {**cfg["detectors"], **{v: sec for v, (sec, _) in _expand_ablations(cfg).items()}}
@@ -302,9 +333,12 @@ class Cell:
 
 
 def cells(cfg: dict[str, Any], detector: str | None = None) -> list[Cell]:
-    """Every cell of the run (or of one detector), in table order."""
-    dets = [detector] if detector else list(detectors(cfg))
-    return [Cell(d, g, s) for d in dets for g in cfg["generators"]["train"] for s in seeds(cfg)]
+    """Every cell of the run (or of one detector), in table order. An imported detector's
+    cells are its checkpoints' generators (every seed imports the same weights)."""
+    sections = detectors(cfg)
+    dets = [detector] if detector else list(sections)
+    return [Cell(d, g, s) for d in dets for g in cfg["generators"]["train"] for s in seeds(cfg)
+            if not imported(sections[d]) or g in sections[d]["weights"]["checkpoints"]]
 
 
 # -- slices: what one job depends on (passed as rule params, a rerun trigger) -------------
@@ -388,6 +422,24 @@ def train_spec(cfg: dict[str, Any], detector: str, generator: str, seed: int) ->
             "jpeg_quality": jpeg_quality(cfg)}
 
 
+class ImportSpec(TypedDict):
+    detector_id: str
+    detector: dict[str, Any]
+    train_generator: str
+    seed: int
+    checkpoint: dict[str, str | None]
+
+
+def import_spec(cfg: dict[str, Any], detector: str, generator: str, seed: int) -> ImportSpec:
+    """One imported cell's slice: its section holding only this cell's checkpoint (another
+    generator's checkpoint changing reruns only that cell's import)."""
+    section = _model_section(detectors(cfg)[detector])
+    ckpt = checkpoints(section)[generator]
+    section["weights"] = {"from": "checkpoints", "checkpoints": {generator: ckpt}}
+    return {"detector_id": detector, "detector": section, "train_generator": generator,
+            "seed": seed, "checkpoint": ckpt}
+
+
 def score_spec(cfg: dict[str, Any], detector: str) -> ScoreSpec:
     return {"detector_id": detector, "eval": detectors(cfg)[detector]["eval"],
             "test_generators": cfg["generators"]["test"], "seed": cfg["seed"],
@@ -409,7 +461,8 @@ def condition_name(kind: str, level: str) -> str:
 
 def sharing_groups(cfg: dict[str, Any]) -> dict[str, list[str]]:
     """Scoring groups (``evaluation.sharing: group``): group id -> the detectors whose cells
-    share one frozen part (their kind's ``share_key`` is equal and not None)."""
+    share one frozen part (their kind's ``share_key`` is equal and not None). Imported
+    detectors form groups of their own (the trained groups' params stay as they were)."""
     from bilora.api.kinds import share_key
 
     if cfg["evaluation"]["sharing"] != "group":
@@ -418,6 +471,7 @@ def sharing_groups(cfg: dict[str, Any]) -> dict[str, list[str]]:
     for det, section in detectors(cfg).items():
         key = share_key(section)
         if key is not None:
+            key = {**key, "weights": "checkpoints"} if imported(section) else key
             out.setdefault(f"{section['kind']}-{digest(key, 10)}", []).append(det)
     return out
 

@@ -57,13 +57,25 @@ def detector_ids(cfg: dict[str, Any]) -> list[str]:
     return list(C.detectors(cfg))
 
 
+def trained_detectors(cfg: dict[str, Any]) -> list[str]:
+    """Detectors whose cells train (rule train_detector)."""
+    return [d for d, s in C.detectors(cfg).items() if not C.imported(s)]
+
+
+def imported_detectors(cfg: dict[str, Any]) -> list[str]:
+    """Detectors whose cells import released checkpoints (rule import_checkpoint)."""
+    return [d for d, s in C.detectors(cfg).items() if C.imported(s)]
+
+
 def artifacts(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """The pretrained artifacts the run needs (as the prefetch rule's params)."""
+    """The pretrained artifacts the run needs (as the prefetch rule's params), released
+    checkpoints aside: each import_checkpoint job finds its own (``bilora prefetch`` fetches
+    them too)."""
     from dataclasses import asdict
 
     from bilora.artifacts import needed
 
-    return [asdict(a) for a in needed(C.detectors(cfg))]
+    return [asdict(a) for a in needed(C.detectors(cfg)) if a.kind != "checkpoint"]
 
 
 def prefetch_marker(cfg: dict[str, Any]) -> list[str]:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import PAPER, ROOT
 
@@ -86,10 +87,19 @@ def test_offline_with_an_empty_cache_fails_at_once_naming_every_artifact(tmp_pat
 
 def test_a_filled_cache_passes_and_loads_through_the_real_paths(caches):
     tmp, resnet = caches
-    out = _prefetch(tmp, "--configfile", str(PAPER), "--out", str(tmp / "found.json"))
+    paper = yaml.safe_load(PAPER.read_text())
+    adapters = paper["detectors"]["bilora_authors"]["weights"]["checkpoints"]
+    for g in adapters:  # the authors' adapters, cloned (local folders are only checked)
+        adapters[g] = str(tmp / "VLM-DETECT" / g)
+        Path(adapters[g]).mkdir(parents=True)
+        (Path(adapters[g]) / "adapter_config.json").write_text("{}")
+    (tmp / "paper.yaml").write_text(yaml.safe_dump(paper))
+    out = _prefetch(tmp, "--configfile", str(tmp / "paper.yaml"),
+                    "--out", str(tmp / "found.json"))
     assert out.returncode == 0, out.stderr
     found = {f["name"]: f for f in json.loads((tmp / "found.json").read_text())}
-    assert set(found) == {"Salesforce/blip2-opt-2.7b", "resnet50", "legacy_xception"}
+    assert set(found) == {"Salesforce/blip2-opt-2.7b", "resnet50", "legacy_xception",
+                          *adapters.values()}
     assert all(not f["fetched"] and f["bytes"] > 0 for f in found.values())
     code = ("import torch, json\n"
             "from bilora.api.detector import create_detector\n"

@@ -520,3 +520,29 @@ def test_spec_errors_name_the_key(run, tmp_path):
     bad["variants"]["bilora@x=1"] = {"base": "bilora", "key": "x", "value": 1}
     with pytest.raises(UserError, match="bilora@x=1"):
         render_report(d / "metrics.parquet", d / "bootstrap.npz", bad, tmp_path, tmp_path)
+
+
+def test_paper_vs_reproduced_sets_an_imported_detector_beside_the_retrained(run, tmp_path):
+    """``published.imported``: published, imported and retrained side by side."""
+    pub = tmp_path / "pub.yaml"
+    entry = {"detector": "bilora", "train": "LDM", "metric": "accuracy", "source": "paper",
+             "definition": "x"}
+    pub.write_text(json.dumps({"entries": [{**entry, "id": "a", "test": "ADM", "value": 80.0}]}))
+    published = {"file": str(pub), "map": {"LDM": "G1", "ADM": "G2"}, "comparable": True}
+    plain = paper_vs_reproduced(_ctx(run, published=published))
+    both = paper_vs_reproduced(_ctx(run, published={**published, "imported": "resnet50"}))
+    r = both.data.set_index("id")
+    alone = paper_vs_reproduced(_ctx(run, published={
+        **published, "file": str(_retarget(pub, tmp_path, "resnet50"))})).data.set_index("id")
+    assert r.loc["a", "imported_value"] == pytest.approx(alone.loc["a", "value"])
+    assert r.loc["a", "value"] == plain.data.set_index("id").loc["a", "value"]
+    header = both.markdown().splitlines()
+    assert any(f"| published | {LABELS['resnet50']} | retrained |" in line for line in header)
+    assert "| reproduced |" in plain.markdown()  # without it the table is as before
+
+
+def _retarget(pub, tmp_path, det):
+    doc = json.loads(pub.read_text())
+    out = tmp_path / f"pub_{det}.yaml"
+    out.write_text(json.dumps({"entries": [{**e, "detector": det} for e in doc["entries"]]}))
+    return out

@@ -44,6 +44,11 @@ def rule_params(cfg: dict) -> dict[str, str]:
     out["prefetch_models"] = W.json_param(W.artifacts(cfg))
     for c in C.cells(cfg):
         key = f"{c.detector}/{c.train}/{c.seed}"
+        if c.detector in W.imported_detectors(cfg):
+            out[f"import_checkpoint/{key}"] = W.json_param(C.import_spec(cfg, c.detector,
+                                                                         c.train, c.seed))
+            out[f"import_checkpoint/{key}/base"] = json.dumps(W.base_model_dir(cfg, c.detector))
+            continue
         out[f"train_detector/{key}"] = W.json_param(C.train_spec(cfg, c.detector, c.train,
                                                                  c.seed))
         out[f"train_detector/{key}/base"] = json.dumps(W.base_model_dir(cfg, c.detector))

@@ -143,8 +143,10 @@ def test_paper_dry_run_has_21_training_jobs_fed_by_the_data_jobs(tmp_path):
         and "--test-fakes-per-generator 10000" in line for line in genimage)
     # 14 baseline cells scored alone; the 7 Bi-LoRA cells share one image pass per condition
     assert counts["train_detector"] == 21 and counts["score_cell"] == 14
-    # the 23 conditions of the group split over evaluation.group_jobs = 8 jobs
-    assert counts["score_group"] == 8 and counts["gather_scores"] == 7
+    # the authors' 7 adapters are imported, not trained, and scored in a group of their own
+    assert counts["import_checkpoint"] == 7
+    # the 23 conditions of each group split over evaluation.group_jobs = 8 jobs
+    assert counts["score_group"] == 2 * 8 and counts["gather_scores"] == 2 * 7
     assert counts["prefetch_models"] == 1
     assert counts["fetch_zenodo_record"] == 1 and counts["rebuild_lsun_real"] == 1
     assert counts["organize_dataset"] == 3 and counts["extract_archives"] == 1

@@ -73,6 +73,16 @@ class Detector(nn.Module, metaclass=ABCMeta):
         """Rebuild a trained detector from what ``save_weights`` wrote."""
 
     # -- may override ---------------------------------------------------------
+    @classmethod
+    def import_weights(cls, source: Path, folder: Path, cfg: dict[str, Any],
+                       base_dir: str | None = None) -> Detector:
+        """Write released weights at ``source`` into ``folder`` as ``save_weights`` would and
+        return the detector (its description and counts go into detector.json). Default: the
+        released format is the saved one. A kind whose format differs overrides this."""
+        det = cls.load_weights(Path(source), cfg)
+        det.save_weights(folder)
+        return det
+
     def predict_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(P(fake), the generated caption token); a kind without captions gives NO_TOKEN."""
         p = self.predict_proba(images)
@@ -150,10 +160,30 @@ def save_detector(detector: Detector, folder: str | os.PathLike,
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         detector.save_weights(tmp)
-        meta = {"kind": detector.kind, "config": detector.cfg, "describe": detector.describe(),
-                "parameters": detector.parameter_counts(), "provenance": provenance or {}}
-        (tmp / DETECTOR_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        _write_meta(detector, tmp, provenance)
     return folder
+
+
+def import_detector(cfg: dict[str, Any], source: str | os.PathLike, folder: str | os.PathLike,
+                    base_dir: str | None = None,
+                    provenance: dict[str, Any] | None = None) -> Detector:
+    """Import released weights (``Detector.import_weights`` of ``cfg['kind']``) into a model
+    folder as ``save_detector`` writes it, atomically: on any error nothing is left there."""
+    from bilora.config import complete_detector
+
+    cfg = complete_detector(cfg)
+    folder = Path(folder)
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        det = detector_class(cfg["kind"]).import_weights(Path(source), tmp, cfg, base_dir)
+        _write_meta(det, tmp, {**(provenance or {}), **getattr(det, "import_notes", {})})
+    return det
+
+
+def _write_meta(detector: Detector, folder: Path, provenance: dict[str, Any] | None) -> None:
+    meta = {"kind": detector.kind, "config": detector.cfg, "describe": detector.describe(),
+            "parameters": detector.parameter_counts(), "provenance": provenance or {}}
+    (folder / DETECTOR_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
 def load_detector(folder: str | os.PathLike, device: str = "cpu") -> Detector:

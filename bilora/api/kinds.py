@@ -111,14 +111,17 @@ def share_key(section: Section) -> dict[str, Any] | None:
 
 def contribute_schema(schema: dict[str, Any]) -> None:
     """Put every registered kind into the config schema: the ``kind`` enum and each kind's
-    section schema as ``$defs/<kind>``."""
+    section schema as ``$defs/<kind>`` (with the harness's own ``weights`` key)."""
     defs = schema["$defs"]
     detector = defs["detector"]
     names = kind_names()
     detector["properties"]["kind"]["enum"] = names
-    detector["allOf"] = [{"if": {"properties": {"kind": {"const": n}}},
-                          "then": {"$ref": f"#/$defs/{n}"}} for n in names]
+    detector.setdefault("allOf", []).extend(
+        {"if": {"properties": {"kind": {"const": n}}}, "then": {"$ref": f"#/$defs/{n}"}}
+        for n in names)
     for n in names:
         if n in defs:
             raise RuntimeError(f"detector kind {n!r} clashes with the schema's $defs/{n}")
         defs[n] = kind(n).schema()
+        # keys of every kind, the harness's: where the weights come from
+        defs[n]["properties"].setdefault("weights", {"$ref": "#/$defs/weights"})

@@ -111,6 +111,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    from bilora.checkpoints import import_checkpoint
+
+    spec = _spec(args.spec)
+    _setup(args)
+    import_checkpoint(spec, args.source, args.out, args.base)
+    log.info("%s: %s imported into %s", spec["detector_id"], args.source, args.out)
+    return 0
+
+
 def _parts(scores: str | Path) -> Path:
     """The folder of a cell's finished conditions, beside its scores file."""
     return Path(f"{scores}.parts")
@@ -290,6 +300,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--base", default=None, help="built base model folder (tiny BLIP-2)")
     s.add_argument("--cache-dir", default=None,
                    help="shared folder of frozen-feature caches (default: the cell's own)")
+    s = step("import-checkpoint", cmd_import_checkpoint, "import a released checkpoint as one "
+             "cell's model (instead of training it)")
+    s.add_argument("--source", required=True, help="the checkpoint: a local folder or a hub id")
+    s.add_argument("--out", required=True, help="model folder")
+    s.add_argument("--base", default=None, help="built base model folder (tiny BLIP-2)")
+
     def cell_scores(s: argparse.ArgumentParser) -> None:
         """The arguments of a step that writes one cell's scores file."""
         s.add_argument("--model", required=True)

@@ -5,7 +5,10 @@ by the paper's names; ``spec["published"]["map"]`` maps paper names to this run'
 generator ids. A percent figure is compared with the reproduced mean and its interval
 (inside: the published value lies in the interval); a parameter count with the count in
 the score files' metadata (equal, or within half of the entry's ``precision`` when the
-paper rounds). An entry the run cannot match is shown as "not run".
+paper rounds). An entry the run cannot match is shown as "not run". With
+``spec["published"]["imported"]`` (a detector of released checkpoints, e.g. the authors'
+adapters) each entry is also compared with that detector: published, imported and
+retrained side by side.
 """
 
 from __future__ import annotations
@@ -101,15 +104,28 @@ def compare(ctx: Context, entry: dict[str, Any], pmap: dict[str, str]) -> dict[s
     return out
 
 
+def _shown(metric: str, est: Est) -> Est | str:
+    """A table cell of an estimate: the estimate (percent), a count, or why it is missing."""
+    if not est.ok:
+        return est.missing
+    return est if metric in PERCENT else _count_text(metric, est.value)
+
+
 def paper_vs_reproduced(ctx: Context) -> Table:
     """Every published figure beside the reproduced one (or "not run")."""
     pub = ctx.spec["published"]
     pmap, comparable = dict(pub["map"]), bool(pub["comparable"])
+    imported = pub.get("imported")
     entries = load_published(pub["file"])
     repro = "reproduced" if comparable else "stand-in (NOT comparable)"
+    if imported:
+        repro = "retrained" if comparable else "retrained stand-in (NOT comparable)"
+    label = ctx.labels.get(imported, imported) if imported else ""
+    extra = [Column(label)] if imported else []
     columns = [Column("figure", align="l"), Column("train", align="l"),
                Column("test", align="l"), Column("metric", align="l"),
-               Column("published", align="r"), Column(repro), Column("difference", align="r"),
+               Column("published", align="r"), *extra, Column(repro),
+               Column("difference", align="r"),
                Column("in interval", name=f"published in {ctx.percent()} interval"),
                Column("why not run", align="l"), Column("source", align="l"),
                Column("definition", align="l")]
@@ -124,19 +140,19 @@ def paper_vs_reproduced(ctx: Context) -> Table:
         if "sets" not in e and c["tests"][0] not in (None, test):
             test = f"{test} ({c['tests'][0]})"
         est: Est = c["est"]
-        if not est.ok:
-            cell: Est | str = est.missing
-        elif pct:
-            cell = est
-        else:
-            cell = _count_text(metric, est.value)
+        cell = _shown(metric, est)
+        more: dict[str, Any] = {}
+        if imported:
+            ci = compare(ctx, {**e, "detector": imported}, pmap)
+            more = {**est_columns("imported_", ci["est"]), "imported_status": ci["status"]}
         diff = "" if math.isnan(c["difference"]) else (
             f"{c['difference']:+.2f}" if pct else f"{c['difference']:+.4f}" if metric in SHARES
             else f"{c['difference']:+,.0f}")
         inside = {True: "yes", False: "no", None: ""}[c["inside"]]
         rows.append([e["id"], shown_train, test, METRICS.get(metric, metric),
                      _count_text(metric, float(e["value"]), published=True),
-                     cell, diff, inside, c.get("why", ""), e["source"], e["definition"]])
+                     *([_shown(metric, ci["est"])] if imported else []), cell, diff,
+                     inside, c.get("why", ""), e["source"], e["definition"]])
         data.append({"id": e["id"], "detector": e["detector"],
                      "label": ctx.labels.get(e["detector"], ""),
                      "train_paper": e["train"], "train": c["train"], "test_paper": e["test"],
@@ -145,7 +161,7 @@ def paper_vs_reproduced(ctx: Context) -> Table:
                      **est_columns("", est), "difference": c["difference"],
                      "inside": c["inside"], "status": c["status"], "why": c.get("why", ""),
                      "source": e["source"],
-                     "definition": e["definition"], "comparable": comparable})
+                     "definition": e["definition"], "comparable": comparable, **more})
     mapping = ", ".join(f"{k} → {v}" for k, v in pmap.items())
     if comparable:
         title = "Published figures beside the reproduced ones."
@@ -164,6 +180,11 @@ def paper_vs_reproduced(ctx: Context) -> Table:
                "not run: the run has no such detector or generator. Why, sources and "
                "definitions: csv and Markdown versions.",
                *ctx.caption("paper_vs_reproduced")]
+    if imported:
+        caption.insert(1, f"{label}: the released weights of detector {imported}, "
+                          f"scored by this run; {repro}: trained by this run; difference and "
+                          "interval are the retrained one's.")
     table = Table("paper_vs_reproduced", title, caption, columns, rows, pd.DataFrame(data))
-    table.latex_columns = list(range(8))  # why, source, definition: csv and Markdown only
+    # why, source, definition: csv and Markdown only
+    table.latex_columns = list(range(8 + len(extra)))
     return table

@@ -42,6 +42,8 @@ rule train_detector:
         artifacts=W.prefetch_marker(config),
     output:
         model=directory(f"{CELL}/model"),
+    wildcard_constraints:
+        detector=W.regex(W.trained_detectors(config)),
     params:
         spec=lambda w: W.json_param(C.train_spec(config, w.detector, w.generator, int(w.seed))),
         base=lambda w, input: f"--base {input.base}" if input.base else "",
@@ -59,3 +61,30 @@ rule train_detector:
         W.logged("python3 -m bilora.cli train --spec {params.spec:q} --manifest {input.manifests} {params.base}"
                  " --out {output.model} --checkpoint-dir {params.checkpoint} --threads {threads}"
                  " --num-workers {resources.num_workers}")
+
+
+# Cells of a detector with `weights: {from: checkpoints}`: its released weights, imported
+# into the same model folder a training job writes (docs/scoring_a_checkpoint.md).
+rule import_checkpoint:
+    input:
+        base=lambda w: W.base_model_dir(config, w.detector),
+        artifacts=W.prefetch_marker(config),
+    output:
+        model=directory(f"{CELL}/model"),
+    wildcard_constraints:
+        detector=W.regex(W.imported_detectors(config)),
+    params:
+        spec=lambda w: W.json_param(C.import_spec(config, w.detector, w.generator, int(w.seed))),
+        source=lambda w: C.import_spec(config, w.detector, w.generator, int(w.seed))["checkpoint"]["source"],
+        base=lambda w, input: f"--base {input.base}" if input.base else "",
+    log:
+        f"{CELL}/import.log",
+    threads: 1
+    resources:
+        # sized as building a base: the import reads the base's architecture, not its weights
+        **R.smk_resources(config, "build_base_model"),
+    conda:
+        ENV
+    shell:
+        W.logged("python3 -m bilora.cli import-checkpoint --spec {params.spec:q} --source {params.source:q}"
+                 " {params.base} --out {output.model}")

@@ -53,6 +53,18 @@ def saved_base(folder: str | os.PathLike) -> str:
     return str(local.resolve()) if not Path(name).is_absolute() and local.is_dir() else name
 
 
+def name_base(folder: Path, base_path: str) -> None:
+    """Name the base in a saved adapter's config: a base folder relative to the model folder
+    (the saved model moves with the results tree, whatever the working directory); a hub id
+    stays as it is."""
+    conf_path = folder / "adapter_config.json"
+    conf = json.loads(conf_path.read_text())
+    if Path(base_path).is_dir():
+        conf["base_model_name_or_path"] = os.path.relpath(Path(base_path).resolve(),
+                                                          folder.resolve())
+    conf_path.write_text(json.dumps(conf, indent=2, sort_keys=True))
+
+
 def lora_module_names(model: torch.nn.Module) -> list[str]:
     """Names of every module of ``model`` that carries a LoRA adapter."""
     from peft.tuners.lora import LoraLayer
@@ -101,14 +113,16 @@ class BiLoRADetector(Detector):
     def save_weights(self, folder: Path) -> None:
         self.model.save_pretrained(folder)
         self.processor.save_pretrained(folder)
-        # a base folder is named relative to the model folder (the saved model moves with the
-        # results tree, whatever the working directory); a hub id stays as it is
-        conf_path = folder / "adapter_config.json"
-        conf = json.loads(conf_path.read_text())
-        if Path(self.base_path).is_dir():
-            conf["base_model_name_or_path"] = os.path.relpath(Path(self.base_path).resolve(),
-                                                              folder.resolve())
-        conf_path.write_text(json.dumps(conf, indent=2, sort_keys=True))
+        name_base(folder, self.base_path)
+
+    @classmethod
+    def import_weights(cls, source: Path, folder: Path, cfg: dict[str, Any],
+                       base_dir: str | None = None) -> BiLoRADetector:
+        """A released PEFT adapter folder (the authors' PEFT 0.4/0.5 form too), checked and
+        written as ``save_weights`` writes (:mod:`bilora.kinds.bilora.adapter_import`)."""
+        from bilora.kinds.bilora.adapter_import import import_adapter
+
+        return import_adapter(cls, source, folder, cfg, base_dir)
 
     @classmethod
     def load_weights(cls, folder: Path, cfg: dict[str, Any]) -> BiLoRADetector:
@@ -215,4 +229,5 @@ class BiLoRADetector(Detector):
         return lora_module_names(self.model)
 
     def describe(self) -> str:
-        return f"Bi-LoRA ({self.vlm.display} {self.base_path})"
+        imported = getattr(self, "imported_from", "")
+        return f"Bi-LoRA ({self.vlm.display} {self.base_path}){imported}"
