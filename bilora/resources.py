@@ -29,8 +29,8 @@ from bilora import config as C
 MODEL_RULES = ("train_detector", "score_cell", "score_group")
 DATA_RULES = ("make_procedural_dataset", "fetch_zenodo_record", "extract_archives",
               "rebuild_lsun_real", "check_split_digest", "organize_dataset")
-OTHER_RULES = ("build_base_model", "prefetch_models", "gather_scores", "collect_warnings",
-               "compute_metrics", "render_report")
+OTHER_RULES = ("build_base_model", "import_checkpoint", "prefetch_models", "gather_scores",
+               "collect_warnings", "compute_metrics", "render_report")
 RULES = MODEL_RULES + DATA_RULES + OTHER_RULES
 WILDCARDS = {"train_detector": ("detector", "generator"), "score_cell": ("detector",),
              "score_group": ("group",), "check_split_digest": ("dataset", "split"),
@@ -119,7 +119,9 @@ def _estimate(cfg: Mapping[str, Any], rule: str, wc: dict[str, str]) -> tuple[fl
         return STARTUP_MIN + (minutes - STARTUP_MIN) * share, mem
     if rule in MODEL_RULES:
         return _model_job(cfg, rule, wc["detector"], wc.get("generator", ""))
-    if rule in ("build_base_model", "prefetch_models", "gather_scores", "collect_warnings"):
+    # an import reads the base's architecture, not its weights
+    if rule in ("build_base_model", "import_checkpoint", "prefetch_models", "gather_scores",
+                "collect_warnings"):
         return float(STARTUP_MIN), float(BASE_MB)
     if rule in ("compute_metrics", "render_report"):
         rows = _score_rows(cfg) if rule == "compute_metrics" else (

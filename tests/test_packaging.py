@@ -61,7 +61,8 @@ def test_the_cli_has_exactly_its_commands():
     parser = build_parser()
     (sub,) = [a for a in parser._actions if a.dest == "command"]
     assert set(sub.choices) == {
-        "make-procedural", "build-base", "train", "score", "score-group", "gather-scores",
+        "make-procedural", "build-base", "import-checkpoint", "train", "score", "score-group",
+        "gather-scores",
         "collect-warnings", "metrics", "report", "fetch-zenodo", "extract",
         "rebuild-lsun-real", "organize", "tree-digest", "ls", "validate", "describe",
         "prefetch"}

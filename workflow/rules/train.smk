@@ -81,8 +81,7 @@ rule import_checkpoint:
         f"{CELL}/import.log",
     threads: 1
     resources:
-        # sized as building a base: the import reads the base's architecture, not its weights
-        **R.smk_resources(config, "build_base_model"),
+        **R.smk_resources(config, "import_checkpoint"),
     conda:
         ENV
     shell:
