@@ -64,7 +64,7 @@ def test_the_cli_has_exactly_its_commands():
         "make-procedural", "build-base", "import-checkpoint", "train", "score", "score-group",
         "gather-scores",
         "collect-warnings", "metrics", "report", "fetch-zenodo", "extract",
-        "rebuild-lsun-real", "organize", "tree-digest", "ls", "validate", "describe",
+        "rebuild-lsun-real", "organize", "tree-digest", "ls", "validate", "schema", "describe",
         "prefetch"}
     help_text = subprocess.run([sys.executable, "-m", "bilora.cli", "--help"],
                                capture_output=True, text=True, check=True).stdout

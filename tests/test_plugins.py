@@ -271,3 +271,29 @@ def test_registered_specs_are_importable_and_complete():
         section = spec.schema()
         assert section["properties"]["kind"] == {"const": name}
         C.complete_detector(spec.tiny)  # its tiny section validates
+
+
+def test_bilora_schema_prints_every_plugins_part(capsys):
+    from bilora.cli import main
+
+    assert main(["schema"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["$defs"]["detector"]["properties"]["kind"]["enum"] == kind_names()
+    for name in kind_names():
+        assert printed["$defs"][name]["properties"]["kind"] == {"const": name}
+    tiny = printed["$defs"]["bilora"]["properties"]["base_model"]["allOf"]
+    assert any("vision_width" in str(rule) for rule in tiny)  # BLIP-2's tiny section
+
+
+DOC_PATH = re.compile(r"`((?:bilora|baselines|workflow|docs|tests|benchmarks|scripts|profiles)"
+                      r"/[A-Za-z0-9_./-]+?)/?`")
+
+
+@pytest.mark.parametrize("doc", ["README.md", *sorted(
+    p.name for p in (ROOT / "docs").glob("*.md"))])
+def test_every_repository_path_a_doc_names_exists(doc):
+    """The docs match the code: every path they quote (`bilora/...`, `docs/...`) exists."""
+    path = ROOT / doc if doc == "README.md" else ROOT / "docs" / doc
+    missing = sorted({p for p in DOC_PATH.findall(path.read_text())
+                      if "<" not in p and "*" not in p and not (ROOT / p).exists()})
+    assert not missing, f"{doc} names paths that do not exist: {missing}"

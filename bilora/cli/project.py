@@ -74,6 +74,17 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the whole config schema: the YAML file with what the plug-ins contribute (the
+    registered kinds' sections, bases' tiny sections, layouts)."""
+    import yaml
+
+    from bilora import config as C
+
+    print(yaml.safe_dump(C.schema(), sort_keys=False, width=100), end="")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the config-level commands to the ``bilora`` parser."""
     for name, fn, help in (("ls", cmd_ls, "show detectors, kinds, generators, datasets"),
@@ -81,12 +92,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         s = sub.add_parser(name, help=help)
         s.add_argument("--configfile", default=None)
         s.set_defaults(func=fn, job=False)
+    s = sub.add_parser("schema", help="print the config schema with every registered plug-in's "
+                       "part (the manual of the config)")
+    s.set_defaults(func=cmd_schema, job=False)
     s = sub.add_parser("describe", help="model summary on the meta device (no weights)")
     s.add_argument("--configfile", default=None)
     s.add_argument("--detector", required=True)
     s.set_defaults(func=cmd_describe, job=False)
     s = sub.add_parser("prefetch", help="fetch (or, offline, check) every pretrained artifact "
-                       "a config needs: BLIP-2 checkpoint, timm weights")
+                       "a config needs (VLM checkpoints, classifier weights, released checkpoints)")
     s.add_argument("--configfile", default=None)
     s.add_argument("--spec", default=None, help="the artifacts as JSON (what the rule passes)")
     s.add_argument("--check", action="store_true",
