@@ -293,7 +293,7 @@ def legacy_logits(det, images: torch.Tensor, words: torch.Tensor | None = None):
         ids = torch.cat([ids, words[:, None]], 1)
         labels = torch.full_like(ids, -100)
         labels[:, -1] = words
-    return det.model(pixel_values=det.pixel_values(images), input_ids=ids,
+    return det.model(pixel_values=det.vlm.pixel_values(images), input_ids=ids,
                      attention_mask=torch.ones_like(ids), labels=labels)
 
 

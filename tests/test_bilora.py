@@ -63,7 +63,7 @@ def test_loss_is_on_the_caption_word_only(trained, tiny_data):
     with torch.no_grad():
         loss = trained.loss(x, y)
         ids = trained.vlm._prompt(len(y))
-        logits = trained.model(pixel_values=trained.pixel_values(x), input_ids=ids,
+        logits = trained.model(pixel_values=trained.vlm.pixel_values(x), input_ids=ids,
                                attention_mask=torch.ones_like(ids)).logits[:, -1].float()
         words = torch.tensor(trained.word_ids)[y]
         manual = torch.nn.functional.cross_entropy(logits, words)

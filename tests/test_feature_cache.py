@@ -57,7 +57,7 @@ def test_cached_loss_and_lora_gradients_equal_the_uncached(default_cfg, tiny_bas
     target = torch.full_like(ids, -100)
     target[:, -1] = words
     torch.manual_seed(5)
-    plain = det.model(pixel_values=det.pixel_values(images), input_ids=ids,
+    plain = det.model(pixel_values=det.vlm.pixel_values(images), input_ids=ids,
                       attention_mask=torch.ones_like(ids), labels=target).loss
     g_plain = grads(plain)
     torch.manual_seed(5)
