@@ -2,16 +2,20 @@
 
 A detector section with ``weights: {from: checkpoints, checkpoints: {<G>: <source>}}`` has
 one cell per named training generator; the rule ``import_checkpoint`` writes each cell's
-``model`` folder from its checkpoint instead of training it. A source is a local folder or a
-Hugging Face hub id (at an optional ``revision``): ``bilora prefetch`` fetches hub ids into
-the hub cache like any other artifact, and an offline job (``HF_HUB_OFFLINE=1``) reads the
-cache. Provenance records the source, the revision and the sha256 of every file read.
+``model`` folder from its checkpoint instead of training it. A source is a local folder or
+file, a Hugging Face hub id (at an optional ``revision``), or one file behind a URL pinned
+by its size and sha256: ``bilora prefetch`` fetches hub ids into the hub cache and URLs into
+``$BILORA_CHECKPOINTS`` (default ``~/.cache/bilora/checkpoints/<sha256>/<file name>``;
+resumable, retried, verified, renamed into place complete, with the Zenodo fetcher's
+transport), and an offline job (``HF_HUB_OFFLINE=1``) reads those caches. Provenance records
+the source, the revision and the sha256 of every file read.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import posixpath
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,52 @@ class CheckpointArtifact(Artifact):
     """A released checkpoint a detector section imports (kind ``checkpoint``)."""
 
     revision: str | None = None
+    size: int | None = None  # a URL's file: pinned size and sha256
+    sha256: str | None = None
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def cache_dir() -> Path:
+    """Where checkpoints behind URLs are kept: ``$BILORA_CHECKPOINTS`` or
+    ``~/.cache/bilora/checkpoints``."""
+    return Path(os.environ.get("BILORA_CHECKPOINTS", "~/.cache/bilora/checkpoints")).expanduser()
+
+
+def file_name(url: str) -> str:
+    """The name a URL's file is kept under: its last path segment (the one before
+    ``/content`` for Zenodo's file links)."""
+    parts = [p for p in url.split("?", 1)[0].split("/")[3:] if p]
+    if len(parts) > 1 and parts[-1] == "content":
+        parts.pop()
+    return posixpath.basename(parts[-1]) if parts else "checkpoint"
+
+
+def _locate_url(url: str, size: int, sha256: str, key: str, allow_network: bool,
+                configfile: str | None) -> tuple[Path, bool]:
+    """The cached file of a URL (downloaded when allowed and missing or changed)."""
+    from bilora.data.fetch import FetchError, RemoteFile, download, make_pool
+
+    name = file_name(url)
+    folder = cache_dir() / sha256
+    path = folder / name
+    if path.is_file() and path.stat().st_size == size \
+            and file_hexdigest(path, "sha256") == sha256:
+        return path, False
+    if not allow_network:
+        raise ArtifactError(
+            f"checkpoint {url} ({key}) is not in {folder} and the network is off "
+            f"(HF_HUB_OFFLINE=1 or --check): run `{fetch_command(configfile)}` on a machine "
+            f"with network, or put the file there")
+    path.unlink(missing_ok=True)  # a changed file: fetch again (a .part resumes)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return download(make_pool(), RemoteFile(name, size, "", url), folder,
+                        digest=("sha256", sha256)), True
+    except FetchError as exc:
+        raise ArtifactError(f"checkpoint {url} ({key}): {exc}") from None
 
 
 def artifacts(detector: str, section: dict[str, Any]) -> list[CheckpointArtifact]:
@@ -37,19 +87,26 @@ def artifacts(detector: str, section: dict[str, Any]) -> list[CheckpointArtifact
 
     return [CheckpointArtifact("checkpoint", c["source"],
                                f"detectors.{detector}.weights.checkpoints.{g}",
-                               revision=c["revision"])
+                               revision=c["revision"], size=c.get("size"),
+                               sha256=c.get("sha256"))
             for g, c in checkpoints(section).items()]
 
 
 def locate(source: str, revision: str | None, key: str, allow_network: bool,
-           configfile: str | None = None) -> tuple[Path, bool]:
-    """(The local folder of a checkpoint, whether it was fetched now): a local folder as it
-    is, a hub id from the hub cache or, when allowed, the network."""
+           configfile: str | None = None, size: int | None = None,
+           sha256: str | None = None) -> tuple[Path, bool]:
+    """(The local folder or file of a checkpoint, whether it was fetched now): a local path
+    as it is, a hub id from the hub cache, a URL from the checkpoint cache or, when allowed,
+    the network."""
+    if is_url(source):
+        if size is None or sha256 is None:
+            raise ArtifactError(f"{key}: a URL checkpoint needs its size and sha256")
+        return _locate_url(source, size, sha256, key, allow_network, configfile)
     if looks_like_path(source):
-        folder = Path(source).expanduser()
-        if not folder.is_dir():
-            raise ArtifactError(f"{key}: {source} is not a folder")
-        return folder, False
+        local = Path(source).expanduser()
+        if not local.exists():
+            raise ArtifactError(f"{key}: {source} does not exist")
+        return local, False
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -72,18 +129,23 @@ def locate(source: str, revision: str | None, key: str, allow_network: bool,
                             f"{_reason(exc)}") from None
 
 
-def file_hashes(folder: Path) -> dict[str, str]:
-    """sha256 of every file of a checkpoint folder, by relative path."""
-    return {p.relative_to(folder).as_posix(): file_hexdigest(p, "sha256")
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+def file_hashes(local: Path) -> dict[str, str]:
+    """sha256 of a checkpoint file, or of every file of a checkpoint folder, by relative
+    path."""
+    if local.is_file():
+        return {local.name: file_hexdigest(local, "sha256")}
+    return {p.relative_to(local).as_posix(): file_hexdigest(p, "sha256")
+            for p in sorted(local.rglob("*")) if p.is_file()}
 
 
 def resolve(a: CheckpointArtifact, allow_network: bool, configfile: str | None = None
             ) -> dict[str, Any]:
     """A checkpoint for ``bilora prefetch``: found (or fetched), with its bytes."""
-    folder, fetched = locate(a.name, a.revision, a.key, allow_network, configfile)
-    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    return {**asdict(a), "path": str(folder), "bytes": size, "fetched": fetched}
+    local, fetched = locate(a.name, a.revision, a.key, allow_network, configfile, a.size,
+                            a.sha256)
+    files = [local] if local.is_file() else [p for p in local.rglob("*") if p.is_file()]
+    return {**asdict(a), "path": str(local), "bytes": sum(p.stat().st_size for p in files),
+            "fetched": fetched}
 
 
 def import_checkpoint(spec: dict[str, Any], source: str, out: str | os.PathLike,
@@ -92,9 +154,11 @@ def import_checkpoint(spec: dict[str, Any], source: str, out: str | os.PathLike,
     from bilora.api.detector import import_detector
     from bilora.provenance import provenance
 
-    revision = spec["checkpoint"]["revision"]
+    ckpt = spec["checkpoint"]
+    revision = ckpt["revision"]
     key = f"detectors.{spec['detector_id']}.weights.checkpoints.{spec['train_generator']}"
-    folder, _ = locate(source, revision, key, allow_network=not _offline())
+    folder, _ = locate(source, revision, key, allow_network=not _offline(),
+                       size=ckpt.get("size"), sha256=ckpt.get("sha256"))
     import_detector(spec["detector"], folder, out, base_dir, provenance(
         spec, checkpoint_source=source, checkpoint_revision=revision,
         checkpoint_path=folder.resolve(), checkpoint_sha256=json.dumps(file_hashes(folder))))

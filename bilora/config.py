@@ -291,6 +291,10 @@ def checkpoints(section: dict[str, Any]) -> dict[str, dict[str, str | None]]:
     out: dict[str, dict[str, str | None]] = {}
     for g, entry in weights["checkpoints"].items():
         entry = {"source": entry} if isinstance(entry, str) else entry
+        if "url" in entry:  # one file pinned by size and sha256
+            out[g] = {"source": entry["url"], "revision": None, "size": entry["size"],
+                      "sha256": entry["sha256"]}
+            continue
         out[g] = {"source": entry["source"],
                   "revision": entry.get("revision", weights.get("revision"))}
     return out

@@ -296,8 +296,10 @@ class _Restart(Exception):
 
 def download(http: urllib3.PoolManager, f: RemoteFile, dest: str | os.PathLike,
              retries: int = 5, backoff_factor: float = 1.0, backoff_max: float = 120.0,
-             chunk: int = 1 << 20, progress: bool = True) -> Path:
-    """Download one file to ``dest/<key>``, resuming ``.part``; verify size and md5, then rename.
+             chunk: int = 1 << 20, progress: bool = True,
+             digest: tuple[str, str] | None = None) -> Path:
+    """Download one file to ``dest/<key>``, resuming ``.part``; verify size and md5 (or
+    ``digest``, an (algorithm, hex) pair such as a pinned sha256), then rename.
 
     Transfers cut after the response headers are resumed up to ``retries`` times in this
     call (with exponential backoff); the ``.part`` file stays for the next run otherwise.
@@ -340,11 +342,12 @@ def download(http: urllib3.PoolManager, f: RemoteFile, dest: str | os.PathLike,
         if cuts > retries:
             raise FetchError(f"download of {f.key} from {f.url} did not complete after "
                              f"{cuts} tries; partial data kept in {part}, run again to resume")
-    got = file_hexdigest(part, "md5", progress=progress)
-    if got != f.md5:
+    algorithm, want = digest or ("md5", f.md5)
+    got = file_hexdigest(part, algorithm, progress=progress)
+    if got != want:
         part.unlink()
-        raise FetchError(f"checksum mismatch for {f.key} from {f.url}: md5 {got}, expected "
-                         f"{f.md5}; the download was removed, run again to start over")
+        raise FetchError(f"checksum mismatch for {f.key} from {f.url}: {algorithm} {got}, "
+                         f"expected {want}; the download was removed, run again to start over")
     os.replace(part, final)
     return final
 
