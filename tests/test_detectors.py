@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from bilora.api.detector import create_detector, detector_class, load_detector, save_detector
-from bilora.api.kinds import kind_names
+from bilora.api.kinds import base_recipe, kind, kind_names
+from bilora.api.plugins import resolve
 
 TIMM_CFG = {"kind": "timm", "model_name": "resnet50", "pretrained": False, "image_size": 32,
             "model_kwargs": {"layers": [1, 1, 1, 1], "channels": [8, 8, 16, 16],
@@ -14,10 +15,21 @@ DUMMY_CFG = {"kind": "dummy", "image_size": 32, "train": {"epochs": 1, "batch_si
              "lr": 1e-2}, "eval": {"batch_size": 8}}
 
 
-def _cfg(kind, default_cfg):
-    if kind == "bilora":
+def _cfg(name, default_cfg):
+    if name == "bilora":
         return default_cfg["detectors"]["bilora"]
-    return {"timm": TIMM_CFG, "dummy": DUMMY_CFG}[kind]
+    return {"timm": TIMM_CFG, "dummy": DUMMY_CFG}.get(name) or kind(name).tiny
+
+
+def _base_dir(cfg, tiny_base, tmp_path):
+    """The built base of a section: the shared tiny BLIP-2 for Bi-LoRA, else built here by
+    the kind's recipe (as rule build_base_model does), or None."""
+    if cfg["kind"] == "bilora":
+        return str(tiny_base)
+    recipe = base_recipe(cfg)
+    if recipe is None:
+        return None
+    return str(resolve(recipe.build)(recipe.spec(cfg), tmp_path / "base", 0))
 
 
 @pytest.fixture()
@@ -31,7 +43,7 @@ def batch():
 @pytest.mark.parametrize("kind", kind_names())
 def test_detector_contract(kind, default_cfg, tiny_base, batch, tmp_path):
     cfg = _cfg(kind, default_cfg)
-    det = create_detector(cfg, seed=0, base_dir=str(tiny_base))
+    det = create_detector(cfg, seed=0, base_dir=_base_dir(cfg, tiny_base, tmp_path))
     x, y = batch
     det.train()
     opt = torch.optim.Adam(det.trainable_parameters(), lr=1e-3)
@@ -52,7 +64,7 @@ def test_detector_contract(kind, default_cfg, tiny_base, batch, tmp_path):
 
 
 def test_unknown_kind_lists_the_known_ones():
-    with pytest.raises(KeyError, match="known: bilora, dummy, timm"):
+    with pytest.raises(KeyError, match="known: bilora, clip_lora, dummy, timm, univfd"):
         detector_class("vit")
 
 
