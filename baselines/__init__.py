@@ -4,5 +4,7 @@ One folder per kind, its torch-free ``__init__`` holding the ``KIND`` spec; regi
 """
 
 KINDS = {
+    "clip_lora": "baselines.clip_lora:KIND",
     "timm": "baselines.timm_classifier:KIND",
+    "univfd": "baselines.univfd:KIND",
 }

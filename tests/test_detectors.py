@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from bilora.api.detector import create_detector, detector_class, load_detector, save_detector
-from bilora.api.kinds import kind_names
+from bilora.api.kinds import base_recipe, kind, kind_names
+from bilora.api.plugins import resolve
 
 TIMM_CFG = {"kind": "timm", "model_name": "resnet50", "pretrained": False, "image_size": 32,
             "model_kwargs": {"layers": [1, 1, 1, 1], "channels": [8, 8, 16, 16],
@@ -19,9 +20,6 @@ DUMMY_CFG = {"kind": "dummy", "image_size": 32, "train": {"epochs": 1, "batch_si
 @pytest.fixture(scope="module")
 def built_bases(tmp_path_factory):
     """kind -> the folder of the base its tiny section trains from (or None)."""
-    from bilora.api.kinds import base_recipe, kind
-    from bilora.api.plugins import resolve
-
     out = {}
     for name in kind_names():
         recipe = base_recipe(kind(name).tiny)
@@ -41,11 +39,9 @@ def batch():
     return x, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
 
 
-@pytest.mark.parametrize("kind", kind_names())
-def test_detector_contract(kind, built_bases, batch, tmp_path):
-    from bilora.api.kinds import kind as kind_spec
-
-    det = create_detector(kind_spec(kind).tiny, seed=0, base_dir=built_bases[kind])
+@pytest.mark.parametrize("name", kind_names())
+def test_detector_contract(name, built_bases, batch, tmp_path):
+    det = create_detector(kind(name).tiny, seed=0, base_dir=built_bases[name])
     x, y = batch
     det.train()
     opt = torch.optim.Adam(det.trainable_parameters(), lr=1e-3)
@@ -61,12 +57,12 @@ def test_detector_contract(kind, built_bases, batch, tmp_path):
     assert p.shape == (8,) and float(p.min()) >= 0 and float(p.max()) <= 1
     save_detector(det, tmp_path / "model")
     again = load_detector(tmp_path / "model")
-    assert type(again) is detector_class(kind)
+    assert type(again) is detector_class(name)
     assert torch.allclose(again.predict_proba(x), p, atol=1e-6)
 
 
 def test_unknown_kind_lists_the_known_ones():
-    with pytest.raises(KeyError, match="known: bilora, dummy, timm"):
+    with pytest.raises(KeyError, match="known: bilora, clip_lora, dummy, timm, univfd"):
         detector_class("vit")
 
 
