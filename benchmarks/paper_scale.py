@@ -143,21 +143,33 @@ def live_init_(model: nn.Module, seed: int) -> None:
     assert not missed, f"parameters left uninitialised: {missed}"
 
 
-def build_detector(det_cfg: dict[str, Any], conf, seed: int):
-    """A ``BiLoRADetector`` over a random BLIP-2 of ``conf`` (float32), with the paper's LoRA
-    as adapter ``default`` and ``N_ADAPTERS`` more adapters (nonzero B) for the group."""
+def build_detector(det_cfg: dict[str, Any], conf, seed: int, device: str = "cpu",
+                   dtype: str = "float32"):
+    """A ``BiLoRADetector`` over a random BLIP-2 of ``conf`` built on ``device`` in ``dtype``
+    (the Q-Former and query tokens float32, as transformers loads a half-precision BLIP-2;
+    the LoRA weights float32, as PEFT keeps them), with the paper's LoRA as adapter
+    ``default`` and ``N_ADAPTERS`` more adapters (nonzero B) for the group."""
     from peft import get_peft_model
     from peft.tuners.lora import LoraLayer
     from transformers import Blip2ForConditionalGeneration
     from transformers.initialization import no_init_weights
 
+    from bilora.bases.blip2 import torch_dtype
     from bilora.kinds.bilora.detector import BiLoRADetector, lora_config
 
-    with no_init_weights():  # every weight is drawn once, by live_init_
+    with torch.device(device), no_init_weights():  # every weight is drawn once, by live_init_
         base = Blip2ForConditionalGeneration(conf)
     base.tie_weights()
     live_init_(base, seed)
-    cfg = {**det_cfg, "dtype": "float32", "readout": "logits", "captions": {w: w for w in WORDS}}
+    if dtype != "float32":
+        base.to(torch_dtype(dtype))
+        for name in base._keep_in_fp32_modules or ():
+            part = getattr(base, name)
+            if isinstance(part, nn.Parameter):
+                part.data = part.data.float()
+            else:
+                part.float()
+    cfg = {**det_cfg, "dtype": dtype, "readout": "logits", "captions": {w: w for w in WORDS}}
     model = get_peft_model(base, lora_config(cfg))
     names = [f"cell{i}" for i in range(N_ADAPTERS)]
     for name in names:
