@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from baselines.npr import PARAMETERS, forward_macs
 from baselines.npr.detector import NPRDetector
-from bilora.api.detector import create_detector
+from bilora.api.detector import create_detector, import_detector, load_detector
 from bilora.errors import ArtifactError
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -140,9 +140,8 @@ def test_npr_pth_imports_bit_equal(det, image, tmp_path, wrap):
     published = {"plain": sd, "model": {"model": sd, "total_steps": 3},
                  "module.": {f"module.{k}": v for k, v in sd.items()}}[wrap]
     torch.save(published, tmp_path / "NPR.pth")
-    (tmp_path / "m").mkdir()
-    got = NPRDetector.import_weights(tmp_path / "NPR.pth", tmp_path / "m", det.cfg)
-    again = NPRDetector.load_weights(tmp_path / "m", det.cfg).eval()
+    got = import_detector(det.cfg, tmp_path / "NPR.pth", tmp_path / "m")
+    again = load_detector(tmp_path / "m")
     for d in (got, again):
         assert all(torch.equal(v, sd[k]) for k, v in d.net.state_dict().items())
     assert torch.equal(again.predict_proba(image), got.eval().predict_proba(image))
@@ -162,12 +161,11 @@ def test_another_layout_is_refused_in_one_line(det, tmp_path, fault, names):
     else:
         sd["layer3.0.conv1.weight"] = torch.zeros(1)
     torch.save(sd, tmp_path / "NPR.pth")
-    (tmp_path / "m").mkdir()
     with pytest.raises(ArtifactError) as err:
-        NPRDetector.import_weights(tmp_path / "NPR.pth", tmp_path / "m", det.cfg)
+        import_detector(det.cfg, tmp_path / "NPR.pth", tmp_path / "m")
     msg = str(err.value)
     assert "\n" not in msg and str(tmp_path / "NPR.pth") in msg and names in msg
-    assert not any((tmp_path / "m").iterdir())
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.parametrize("w,h", [(1, 1), (7, 3), (255, 300)])
