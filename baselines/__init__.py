@@ -5,6 +5,7 @@ One folder per kind, its torch-free ``__init__`` holding the ``KIND`` spec; regi
 
 KINDS = {
     "clip_lora": "baselines.clip_lora:KIND",
+    "npr": "baselines.npr:KIND",
     "timm": "baselines.timm_classifier:KIND",
     "univfd": "baselines.univfd:KIND",
 }

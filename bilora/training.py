@@ -61,6 +61,9 @@ def learning_rate(cfg: dict[str, Any], step: int, total: int) -> float:
     """
     if cfg["schedule"] == "cosine":
         return cfg["lr"] * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
+    if cfg["schedule"] == "step":  # the epoch of the step, over the decay period
+        epoch = step // max(1, total // cfg["epochs"])
+        return cfg["lr"] * cfg["step"]["gamma"] ** (epoch // cfg["step"]["every_epochs"])
     return cfg["lr"]
 
 

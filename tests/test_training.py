@@ -97,6 +97,26 @@ def test_cosine_schedule_and_constant():
     assert learning_rate({"lr": 1e-3, "schedule": "constant"}, 99, 100) == 1e-3
 
 
+def test_step_schedule_decays_every_n_epochs():
+    """``schedule: step`` (NPR's recipe: x0.9 every 10 epochs) from the step's epoch alone;
+    required with its ``step`` block, which no other schedule gets filled in."""
+    from bilora.config import complete_detector
+    from bilora.errors import ConfigError
+
+    cfg = {"lr": 2e-4, "epochs": 50, "schedule": "step",
+           "step": {"every_epochs": 10, "gamma": 0.9}}
+    per_epoch = 7
+    total = 50 * per_epoch
+    assert learning_rate(cfg, 10 * per_epoch - 1, total) == pytest.approx(2e-4)
+    assert learning_rate(cfg, 10 * per_epoch, total) == pytest.approx(1.8e-4)
+    assert learning_rate(cfg, total - 1, total) == pytest.approx(2e-4 * 0.9 ** 4)
+    section = {"kind": "dummy", "image_size": 32,
+               "train": {"epochs": 1, "batch_size": 8, "lr": 1e-2}}
+    assert "step" not in complete_detector(section)["train"]
+    with pytest.raises(ConfigError, match="'step' is a required property"):
+        complete_detector({**section, "train": {**section["train"], "schedule": "step"}})
+
+
 def test_hflip_mirrors_about_a_grid_boundary():
     """Half the batch is mirrored; a period-8 pattern keeps its phase (x -> W - x mod W)."""
     x = torch.arange(16, dtype=torch.uint8).repeat(64, 3, 4, 1)  # 64 images, W = 16
