@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bilora.api.kinds import BaseRecipe, Cost, Kind
+from bilora.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_BASE = "blip-2"  # the paper's; a tiny base of another type states base_model.model_type
@@ -46,7 +47,6 @@ def check_section(section: dict[str, Any], key: str) -> None:
     """At DAG build: the base is a hub id or a checkpoint folder of a known base type, and
     the modules trained besides LoRA are parts of that base."""
     from bilora.artifacts import check_checkpoint_name
-    from bilora.errors import ConfigError
 
     base = section["base_model"]
     if base["source"] == "pretrained":
@@ -72,22 +72,48 @@ def _cost(section: dict[str, Any]) -> Cost:
     return Cost(fwd, params, side, 3.0 if _vision_trains(section) else 1.8, 0.02)
 
 
+#: The artifact type of a checkpoint whose base is not known before it is fetched (a hub
+#: id neither shipped nor cached): its config.json tells, once it is there.
+ANY_BASE = "vlm"
+
+
 def _artifacts(section: dict[str, Any], key: str) -> list:
     from bilora.artifacts import Artifact
 
     base = section["base_model"]
     if base["source"] != "pretrained":
         return []
-    return [Artifact(base_of(section).artifact, base["name_or_path"],
-                     f"{key}.base_model.name_or_path")]
+    try:
+        kind = base_of(section).artifact
+    except ConfigError:  # not fetched yet: prefetch it first, check it by its config.json
+        kind = ANY_BASE
+    return [Artifact(kind, base["name_or_path"], f"{key}.base_model.name_or_path")]
+
+
+def _checkpoint_files(folder: Path) -> list[Path]:
+    """The files of a fetched checkpoint of any registered base (by its config.json)."""
+    import json
+
+    from bilora.api.bases import base_class
+    from bilora.errors import ArtifactError
+
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ArtifactError(f"{folder}: no config.json")
+    model_type = json.loads(config.read_text()).get("model_type", "")
+    try:
+        return base_class(model_type).checkpoint_files(folder)
+    except ConfigError as exc:
+        raise ArtifactError(f"{folder}: {exc}") from None
 
 
 def _artifact_types() -> dict[str, Any]:
     from bilora.api.bases import BASES, base_class
     from bilora.artifacts import HubCheckpoint
 
-    return {base_class(n).artifact: HubCheckpoint(base_class(n).checkpoint_files)
-            for n in BASES.names()}
+    return {ANY_BASE: HubCheckpoint(_checkpoint_files),
+            **{base_class(n).artifact: HubCheckpoint(base_class(n).checkpoint_files)
+               for n in BASES.names()}}
 
 
 def _base_spec(section: dict[str, Any]) -> dict[str, Any]:
