@@ -1,9 +1,17 @@
 """One parametrized test over every registered detector kind."""
 
+import json
+
 import pytest
 import torch
 
-from bilora.api.detector import create_detector, detector_class, load_detector, save_detector
+from bilora.api.detector import (
+    create_detector,
+    detector_class,
+    load_detector,
+    read_detector_meta,
+    save_detector,
+)
 from bilora.api.kinds import kind_names
 
 TIMM_CFG = {"kind": "timm", "model_name": "resnet50", "pretrained": False, "image_size": 32,
@@ -46,6 +54,11 @@ def test_detector_contract(kind, default_cfg, tiny_base, batch, tmp_path):
     p = det.predict_proba(x)
     assert p.shape == (8,) and float(p.min()) >= 0 and float(p.max()) <= 1
     save_detector(det, tmp_path / "model")
+    saved = read_detector_meta(tmp_path / "model")["preprocessing"]
+    assert saved == json.loads(json.dumps(det.preprocessing()))
+    assert saved["fit"] == det.input_fit and saved["size"] == det.input_size
+    if kind in ("bilora", "timm", "dummy"):  # each states its normalisation
+        assert len(saved["mean"]) == 3 and len(saved["std"]) == 3
     again = load_detector(tmp_path / "model")
     assert type(again) is detector_class(kind)
     assert torch.allclose(again.predict_proba(x), p, atol=1e-6)
