@@ -31,11 +31,12 @@ __all__ = ["NO_TOKEN", "SCORE_COLUMNS", "predict", "read_part", "score_group", "
 log = logging.getLogger("bilora.evaluation")
 
 
-def progress_bar(iterable, desc: str, progress: bool, total: int | None = None):
+def progress_bar(iterable, desc: str, progress: bool, total: int | None = None,
+                 unit: str = "batch"):
     """tqdm over ``iterable``: live on a terminal, a line every 30 s in a log file."""
     from tqdm import tqdm
 
-    return tqdm(iterable, desc=desc, disable=not progress, unit="batch", leave=False,
+    return tqdm(iterable, desc=desc, disable=not progress, unit=unit, leave=False,
                 total=total, mininterval=0.1 if sys.stderr.isatty() else 30)
 
 

@@ -2,10 +2,18 @@
 (a kind whose spec has a base recipe gets its base built by that recipe, as the workflow's
 build_base_model rule does)."""
 
+import json
+
 import pytest
 import torch
 
-from bilora.api.detector import create_detector, detector_class, load_detector, save_detector
+from bilora.api.detector import (
+    create_detector,
+    detector_class,
+    load_detector,
+    read_detector_meta,
+    save_detector,
+)
 from bilora.api.kinds import base_recipe, kind, kind_names
 from bilora.api.plugins import resolve
 
@@ -56,6 +64,11 @@ def test_detector_contract(name, built_bases, batch, tmp_path):
     p = det.predict_proba(x)
     assert p.shape == (8,) and float(p.min()) >= 0 and float(p.max()) <= 1
     save_detector(det, tmp_path / "model")
+    saved = read_detector_meta(tmp_path / "model")["preprocessing"]
+    assert saved == json.loads(json.dumps(det.preprocessing()))
+    assert saved["fit"] == det.input_fit and saved["size"] == det.input_size
+    if kind in ("bilora", "timm", "dummy"):  # each states its normalisation
+        assert len(saved["mean"]) == 3 and len(saved["std"]) == 3
     again = load_detector(tmp_path / "model")
     assert type(again) is detector_class(name)
     assert torch.allclose(again.predict_proba(x), p, atol=1e-6)

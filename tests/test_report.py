@@ -36,6 +36,13 @@ LABELS = {"bilora": "Bi-LoRA (test)", "resnet50": "ResNet50 (test)",
 TRAIN, TEST, SEEDS = ["G1", "G2"], ["G1", "G2", "G3"], [0, 1]
 CONDS = [("none", "-"), ("jpeg", "75"), ("jpeg", "30"), ("noise", "10")]
 PARAMS = {"bilora": (1000, 100), "bilora@r=4": (975, 25), "resnet50": (500, 500)}
+PREPROCESSING = {"bilora": {"fit": "resize", "size": 224, "mean": [0.48145466, 0.4578275,
+                                                              0.40821073],
+                             "std": [0.26862954, 0.26130258, 0.27577711],
+                             "resize": {"do_resize": True, "size": {"height": 224,
+                                                                    "width": 224}}},
+                 "resnet50": {"fit": "crop", "size": 224, "mean": [0.485, 0.456, 0.406],
+                              "std": [0.229, 0.224, 0.225]}}
 PUBLISHED = Path(__file__).resolve().parent.parent / "workflow" / "published" / "bilora.yaml"
 
 
@@ -63,6 +70,8 @@ def _score_file(path, det, train, seed, nan=0):
     meta = {b"detector": det.encode(), b"train": train.encode(), b"seed": str(seed).encode(),
             b"detector_label": b"LABEL FROM METADATA",
             b"parameters": json.dumps({"total": total, "trainable": trainable}).encode()}
+    if det in PREPROCESSING:  # the ablation variant's scores predate the record: n/a
+        meta[b"preprocessing"] = json.dumps(PREPROCESSING[det]).encode()
     pq.write_table(table.replace_schema_metadata({**table.schema.metadata, **meta}), path)
 
 
@@ -546,3 +555,41 @@ def _retarget(pub, tmp_path, det):
     out = tmp_path / f"pub_{det}.yaml"
     out.write_text(json.dumps({"entries": [{**e, "detector": det} for e in doc["entries"]]}))
     return out
+
+
+def test_preprocessing_table_from_the_scores_provenance(run, tmp_path):
+    from bilora.report.context import read_preprocessing
+    from bilora.report.tables import preprocessing
+
+    table = pd.read_csv(run["dir"] / "tables" / "preprocessing.csv")
+    assert table.detector.tolist() == list(LABELS)
+    row = table.set_index("detector")
+    assert row.loc["resnet50", "fit"] == "crop" and row.loc["resnet50", "size"] == 224
+    assert row.loc["resnet50", "normalisation"] == "mean 0.485, 0.456, 0.406 / std 0.229, " \
+                                                   "0.224, 0.225"
+    assert json.loads(row.loc["bilora", "preprocessing"]) == PREPROCESSING["bilora"]
+    assert pd.isna(row.loc["bilora@r=4", "fit"])  # scored before the record existed
+    md = (run["dir"] / "tables" / "preprocessing.md").read_text()
+    assert "| Bi-LoRA (test) [r=4] | n/a | n/a | n/a |" in md
+    assert "| ResNet50 (test) | crop | 224 | mean 0.485, 0.456, 0.406 / std 0.229, 0.224, " \
+           "0.225 |" in md
+    # a small context: one detector without normalisation, the others not run
+    ctx = _ctx(run)
+    ctx.preprocessing = {"bilora": {"fit": "resize", "size": 32}}
+    t = preprocessing(ctx)
+    assert t.rows[0] == [LABELS["bilora"], "resize", "32", "none stated"]
+    assert t.rows[1] == [LABELS["resnet50"], "n/a", "n/a", "n/a"]
+    # two score files of one detector that disagree: the first shown, and a warning
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    for path, size in ((a, 32), (b, 64)):
+        frame = pa.table({"p_fake": [0.5]})
+        pq.write_table(frame.replace_schema_metadata({
+            b"detector": b"d", b"preprocessing": json.dumps({"fit": "resize",
+                                                              "size": size}).encode()}), path)
+    found, notices = read_preprocessing([a, b])
+    assert found == {"d": {"fit": "resize", "size": 32}}
+    assert len(notices) == 1 and "2 different preprocessings" in notices[0].message
+    pq.write_table(pa.table({"p_fake": [0.5]}).replace_schema_metadata(
+        {b"detector": b"d", b"preprocessing": b"{not json"}), a)
+    with pytest.raises(UserError, match="a.parquet: metadata 'preprocessing' is not JSON"):
+        read_preprocessing([a])

@@ -101,6 +101,12 @@ class TimmDetector(Detector):
                               antialias=True)
         return (x - self.mean) / self.std
 
+    def preprocessing(self) -> dict[str, Any]:
+        """The loader's fit and size, and the normalisation of the model's pretrained config."""
+        return {**super().preprocessing(),
+                **{k: [round(v, 6) for v in getattr(self, k).flatten().tolist()]
+                   for k in ("mean", "std")}}
+
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(self.preprocess(images))
 

@@ -88,6 +88,12 @@ class Detector(nn.Module, metaclass=ABCMeta):
         p = self.predict_proba(images)
         return p, torch.full((len(p),), NO_TOKEN)
 
+    def preprocessing(self) -> dict[str, Any]:
+        """How an image becomes this detector's input: the loader's ``fit`` and ``size``, and
+        what the kind adds (its normalisation ``mean`` / ``std``, a processor's resizing).
+        Written into ``detector.json`` and into scores files' provenance."""
+        return {"fit": self.input_fit, "size": self.input_size}
+
     def frozen_stage(self) -> str | None:
         """The deepest frozen point of the image path whose output can be cached, or None."""
         return None
@@ -182,7 +188,8 @@ def import_detector(cfg: dict[str, Any], source: str | os.PathLike, folder: str 
 
 def _write_meta(detector: Detector, folder: Path, provenance: dict[str, Any] | None) -> None:
     meta = {"kind": detector.kind, "config": detector.cfg, "describe": detector.describe(),
-            "parameters": detector.parameter_counts(), "provenance": provenance or {}}
+            "parameters": detector.parameter_counts(), "provenance": provenance or {},
+            "preprocessing": detector.preprocessing()}
     (folder / DETECTOR_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 

@@ -136,16 +136,21 @@ def _cell_fingerprint(spec: dict[str, Any], model: str | Path, rows) -> str:
     return digest([spec, model_fingerprint(model), manifest_digest(rows)], 40)
 
 
-def _write_scores(scores, args: argparse.Namespace, spec: dict[str, Any], rows) -> None:
+def _write_scores(scores, args: argparse.Namespace, spec: dict[str, Any], rows,
+                  preprocessing: dict[str, Any] | None = None) -> None:
+    """A cell's scores file with its provenance; ``preprocessing`` (the loaded detector's)
+    defaults to what the model's detector.json records (absent in models saved before it)."""
     from bilora.data.manifest import manifest_digest, write_parquet_atomic
     from bilora.model_files import read_detector_meta
 
     meta = read_detector_meta(args.model)
+    preprocessing = preprocessing or meta.get("preprocessing")
+    extra = {"preprocessing": json.dumps(preprocessing, sort_keys=True)} if preprocessing else {}
     write_parquet_atomic(scores, args.out, provenance(
         spec, detector=spec["detector_id"], train=args.train_generator, seed=args.seed,
         data_manifest_sha1=manifest_digest(rows),
         model_config_hash=meta["provenance"]["config_hash"],
-        parameters=json.dumps(meta["parameters"])))
+        parameters=json.dumps(meta["parameters"]), **extra))
     log.info("%d scores written to %s", len(scores), args.out)
 
 
@@ -165,7 +170,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                          progress=not args.quiet, protocol=spec["protocol"],
                          jpeg_quality=spec["jpeg_quality"], parts_dir=parts,
                          fingerprint=_cell_fingerprint(spec, args.model, rows))
-    _write_scores(scores, args, spec, rows)
+    _write_scores(scores, args, spec, rows, det.preprocessing())
     shutil.rmtree(parts, ignore_errors=True)  # the finished conditions served their purpose
     return 0
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,24 +63,53 @@ def read_warnings(path: str | os.PathLike | None) -> list[Notice]:
     return out
 
 
+def _score_metadata(score_paths: Sequence[str | os.PathLike], key: str
+                    ) -> Iterator[tuple[str | os.PathLike, str, bytes]]:
+    """(path, detector, the value of ``key``) of every score file whose metadata has both."""
+    import pyarrow.parquet as pq
+
+    for p in score_paths:
+        meta = pq.read_schema(p).metadata or {}
+        det, raw = meta.get(b"detector"), meta.get(key.encode())
+        if det is not None and raw is not None:
+            yield p, det.decode(), raw
+
+
+def read_preprocessing(score_paths: Sequence[str | os.PathLike]
+                       ) -> tuple[dict[str, dict[str, Any]], list[Notice]]:
+    """Detector -> its preprocessing (fit, size, normalisation) from the score files'
+    metadata; files scored before it was recorded give none."""
+    seen: dict[str, dict[str, dict[str, Any]]] = {}
+    for p, det, raw in _score_metadata(score_paths, "preprocessing"):
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            raise DataError(f"{p}: metadata 'preprocessing' is not JSON") from None
+        if not isinstance(value, dict):
+            raise DataError(f"{p}: metadata 'preprocessing' is not a JSON object")
+        seen.setdefault(det, {})[json.dumps(value, sort_keys=True)] = value
+    out, warns = {}, []
+    for det, values in seen.items():
+        out[det] = values[sorted(values)[0]]
+        if len(values) > 1:
+            warns.append(Notice("report", f"detector {det}: its score files record "
+                                f"{len(values)} different preprocessings; the first is shown",
+                                ["preprocessing"]))
+    return out, warns
+
+
 def read_parameters(score_paths: Sequence[str | os.PathLike]
                     ) -> tuple[dict[str, dict[str, int]], list[Notice]]:
     """Detector -> {total, trainable} from the score files' metadata (nothing else read)."""
-    import pyarrow.parquet as pq
-
     seen: dict[str, set[tuple[int, int]]] = {}
-    for p in score_paths:
-        meta = pq.read_schema(p).metadata or {}
-        det, raw = meta.get(b"detector"), meta.get(b"parameters")
-        if det is None or raw is None:
-            continue
+    for p, det, raw in _score_metadata(score_paths, "parameters"):
         try:
             counts = json.loads(raw)
             pair = (int(counts["total"]), int(counts["trainable"]))
         except (ValueError, KeyError, TypeError):
             raise DataError(f"{p}: metadata 'parameters' is not "
                              "JSON {{total, trainable}}") from None
-        seen.setdefault(det.decode(), set()).add(pair)
+        seen.setdefault(det, set()).add(pair)
     out, warns = {}, []
     for det, pairs in seen.items():
         total, trainable = sorted(pairs)[0]
@@ -104,6 +133,7 @@ class Context:
         default_factory=dict)
     manifests: Any = None  # the manifests' rows (bilora.report.data_card.read_manifests)
     present: dict[str, set[str]] = field(default_factory=dict)  # dataset -> its columns
+    preprocessing: dict[str, dict[str, Any]] = field(default_factory=dict)  # detector -> it
 
     @property
     def labels(self) -> dict[str, str]:

@@ -31,6 +31,7 @@ def table_files(spec: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     if spec.get("variants"):
         out["ablation"] = TABLE_EXTS
     out["unlabelled"] = ("csv", "md")
+    out["preprocessing"] = ("csv", "md")
     out["data_card"] = ("csv", "md")
     out["warnings"] = ("md",)
     return out

@@ -11,7 +11,13 @@ from typing import Any
 from bilora.errors import ConfigError
 from bilora.report import data_card as card
 from bilora.report import figures, tables
-from bilora.report.context import Context, Notice, read_parameters, read_warnings
+from bilora.report.context import (
+    Context,
+    Notice,
+    read_parameters,
+    read_preprocessing,
+    read_warnings,
+)
 from bilora.report.estimates import Results
 from bilora.report.outputs import report_outputs
 
@@ -84,9 +90,10 @@ def render_report(metrics_path: str | os.PathLike, bootstrap_path: str | os.Path
     check_spec(spec)
     results = Results.load(metrics_path, bootstrap_path, spec["confidence"], spec["seeds"])
     parameters, notices = read_parameters(scores)
+    preprocessing, more = read_preprocessing(scores)
     frame, present = card.read_manifests(manifests)
-    ctx = Context(spec, results, parameters, read_warnings(warnings_path) + notices,
-                  card.real_sets(spec, frame), frame, present)
+    ctx = Context(spec, results, parameters, read_warnings(warnings_path) + notices + more,
+                  card.real_sets(spec, frame), frame, present, preprocessing)
 
     built = _build(ctx)
     gaps = _gap_notices(results, spec["labels"])
@@ -143,7 +150,8 @@ def _build(ctx: Context) -> dict[str, Any]:
     sweeps = tables.ablation_sweeps(ctx) if spec["variants"] else []
     if sweeps:
         built.append(tables.ablation(ctx, sweeps))
-    built += [tables.unlabelled(ctx), card.data_card(ctx, ctx.manifests, ctx.present)]
+    built += [tables.unlabelled(ctx), tables.preprocessing(ctx),
+              card.data_card(ctx, ctx.manifests, ctx.present)]
     return {"tables": built, "heat": heat, "robustness": rob["accuracy"].data,
             "sweeps": sweeps}
 

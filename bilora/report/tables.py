@@ -12,6 +12,7 @@ Means of a matrix row are labelled by what they average:
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -230,6 +231,49 @@ def unlabelled(ctx: Context) -> Table:
                "0.", *ctx.common("unlabelled")]
     return Table("unlabelled", "Unlabelled answers per trained model, clean images.", caption,
                  columns, rows, frame, formats=("csv", "md"))
+
+
+# -- 7. preprocessing ---------------------------------------------------------------
+
+def _numbers(values: Any) -> str:
+    return ", ".join(f"{v:g}" for v in values) if isinstance(values, list | tuple) else str(values)
+
+
+def normalisation_text(pre: dict[str, Any]) -> str:
+    """``mean a, b, c / std d, e, f`` of a preprocessing record, ``none stated`` without."""
+    if pre.get("mean") is None and pre.get("std") is None:
+        return "none stated"
+    return f"mean {_numbers(pre.get('mean'))} / std {_numbers(pre.get('std'))}"
+
+
+def preprocessing(ctx: Context) -> Table:
+    """Each detector's input preprocessing (fit, size, normalisation) from its scores'
+    provenance; n/a for scores written before it was recorded."""
+    rows, data = [], []
+    for det, label in ctx.labels.items():
+        pre = ctx.preprocessing.get(det)
+        if pre is None:
+            rows.append([label, "n/a", "n/a", "n/a"])
+            data.append({"detector": det, "label": label, "fit": None, "size": None,
+                         "normalisation": None, "preprocessing": None})
+            continue
+        norm = normalisation_text(pre)
+        rows.append([label, str(pre.get("fit", "n/a")), str(pre.get("size", "n/a")), norm])
+        data.append({"detector": det, "label": label, "fit": pre.get("fit"),
+                     "size": pre.get("size"), "normalisation": norm,
+                     "preprocessing": json.dumps(pre, sort_keys=True)})
+    columns = [Column("detector", align="l"), Column("fit", align="l"),
+               Column("size", align="r"), Column("normalisation", align="l")]
+    caption = ["How each detector's images reach it, from its score files' provenance: fit "
+               "'resize' scales an image to size x size (bicubic), 'crop' takes the centre "
+               "crop without resizing (zero-padded when smaller); the normalisation is on "
+               "pixels scaled to [0, 1]. The csv's 'preprocessing' column has the whole record "
+               "(a VLM processor's own resizing too). n/a: scores written before the "
+               "preprocessing was recorded, or none.", *ctx.common("preprocessing")]
+    return Table("preprocessing", "Preprocessing per detector.", caption, columns, rows,
+                 pd.DataFrame(data, columns=["detector", "label", "fit", "size",
+                                             "normalisation", "preprocessing"]),
+                 formats=("csv", "md"))
 
 
 # -- 5. ablation ----------------------------------------------------------------------

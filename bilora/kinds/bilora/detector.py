@@ -154,6 +154,20 @@ class BiLoRADetector(Detector):
             return setting, f"the {setting} output (the later stages run each step)"
         return stage, f"the deepest frozen point ({stage})"
 
+    def preprocessing(self) -> dict[str, Any]:
+        """The loader's fit and size, then the base's image processor: its normalisation and
+        its own resizing."""
+        from PIL import Image
+
+        proc = self.vlm.preprocessing()
+        resize = {k: proc[k] for k in ("do_resize", "size", "resample") if k in proc}
+        if isinstance(resize.get("resample"), int):  # PIL's filter number, by its name
+            resize["resample"] = Image.Resampling(resize["resample"]).name.lower()
+        normalise = proc.get("do_normalize", True)
+        norm = {k: list(proc[f"image_{k}"]) if normalise and proc.get(f"image_{k}") is not None
+                else None for k in ("mean", "std")}
+        return {**super().preprocessing(), **norm, "resize": resize}
+
     def feature_identity(self) -> dict[str, Any]:
         from bilora.feature_cache import base_identity
 

@@ -37,6 +37,10 @@ class DummyDetector(Detector):
         feats = torch.cat([h.abs().mean((2, 3)), h.mean((2, 3))], 1)
         return self.head(feats)
 
+    def preprocessing(self) -> dict[str, Any]:
+        """The loader's fit and size; pixels scaled to [-1, 1] (mean 0.5, std 0.5)."""
+        return {**super().preprocessing(), "mean": [0.5] * 3, "std": [0.5] * 3}
+
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.logits(images), labels.to(self.device).long())
 
