@@ -48,6 +48,10 @@ class ClipDetector(Detector):
     P(fake) = sigmoid, trained with BCE. Subclasses say how the tower trains and how
     images reach ``input_size`` (``input_fit``)."""
 
+    def preprocessing(self) -> dict[str, Any]:
+        """The loader's fit and size, then CLIP's mean and std."""
+        return {**super().preprocessing(), "mean": list(CLIP_MEAN), "std": list(CLIP_STD)}
+
     def __init__(self, cfg: dict[str, Any], tower: nn.Module, base_path: str):
         super().__init__(cfg)
         self.tower = tower

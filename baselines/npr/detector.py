@@ -146,6 +146,11 @@ class NPRDetector(Detector):
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
 
+    def preprocessing(self) -> dict[str, Any]:
+        """The loader's centre crop, ImageNet normalisation, then the NPR residual."""
+        return {**super().preprocessing(), "mean": list(MEAN), "std": list(STD),
+                "residual": "x - up(down(x, 1/2)) nearest, x 2/3"}
+
     @property
     def input_fit(self) -> str:
         return "crop"
