@@ -40,6 +40,7 @@ import torch
 
 from baselines._clip import tower_path
 from baselines._clip.tower import ClipDetector, load_tower, read_base_ref
+from bilora.api.detector import SharedGroup
 from bilora.errors import ArtifactError, ConfigError
 
 STAGE = "image_embeds"  # the one cacheable point: everything before the head is frozen
@@ -144,7 +145,7 @@ class UnivFDDetector(ClipDetector):
                 f"{c.patch_size} {self.base_path}, centre crop {self.input_size})")
 
 
-class HeadGroup:
+class HeadGroup(SharedGroup):
     """One frozen CLIP tower and the heads of several UnivFD cells: one tower pass per batch
     (the ``univfd`` kind's group scorer; :func:`bilora.evaluation.score_group` runs it)."""
 
@@ -164,18 +165,6 @@ class HeadGroup:
             view = UnivFDDetector(cfg, tower, base)
             view.load_head(folder)
             self.views.append(view.to(device).eval())
-
-    @property
-    def device(self) -> torch.device:
-        return self.views[0].device
-
-    @property
-    def input_size(self) -> int:
-        return self.views[0].input_size
-
-    @property
-    def input_fit(self) -> str:
-        return self.views[0].input_fit
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, which: Sequence[int]

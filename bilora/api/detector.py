@@ -141,6 +141,31 @@ class Detector(nn.Module, metaclass=ABCMeta):
         return self.kind
 
 
+class SharedGroup:
+    """A kind's group scorer (its spec's ``group_scorer``): the cells of a scoring group as
+    detector ``views`` over one loaded frozen part, scored from one pass of it
+    (:func:`bilora.evaluation.score_group`)."""
+
+    views: list[Detector]
+
+    @property
+    def device(self) -> torch.device:
+        return self.views[0].device
+
+    @property
+    def input_size(self) -> int:
+        return self.views[0].input_size
+
+    @property
+    def input_fit(self) -> str:
+        return self.views[0].input_fit
+
+    def predict(self, images: torch.Tensor, which: list[int]
+                ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """(P(fake), token) of the cells ``which`` from one pass of the shared part."""
+        raise NotImplementedError
+
+
 def detector_class(kind: str) -> type[Detector]:
     """The class registered for ``kind`` (:mod:`bilora.api.kinds`); the error lists the known
     kinds."""

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from bilora.api.detector import SharedGroup
 from bilora.errors import ConfigError
 from bilora.kinds.bilora.detector import BiLoRADetector, base_of, saved_base
 
@@ -38,7 +39,7 @@ def adapter_stage(model, adapter: str, base) -> str | None:
     return base.frozen_stage(touched)
 
 
-class AdapterGroup:
+class AdapterGroup(SharedGroup):
     """One VLM base with several trained adapters; a detector view per adapter (the Bi-LoRA
     kind's group scorer: :func:`bilora.evaluation.score_group` runs it)."""
 
@@ -70,18 +71,6 @@ class AdapterGroup:
         self.stage = min(stages, key=vlm.stages.index)
         log.info("%d adapters over %s share the image path up to %s", len(folders), base,
                  self.stage)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def input_size(self) -> int:
-        return self.views[0].input_size
-
-    @property
-    def input_fit(self) -> str:
-        return self.views[0].input_fit
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, which: Sequence[int]
