@@ -37,7 +37,7 @@ import sys
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,28 +197,29 @@ def image_effect(det, images: torch.Tensor) -> float:
 Key = tuple[str, int]
 
 
-class Clock:
-    """Seconds (and, while ``counter`` is set, FLOPs) per layer of each tower (forward hooks),
-    per decoder layer backward (gradient hooks on its output and input), in the head, its
-    backward and the optimiser step. ``timer`` is the process's CPU time with one thread
-    (other load on the machine does not count), else the wall clock."""
+class LayerClock:
+    """Seconds (and, while ``counter`` is set, FLOPs) per layer of each tower in ``layers``
+    (forward hooks: keys (tower, i)), per layer backward of the tower ``backward`` (gradient
+    hooks on its layers' outputs and inputs: keys (tower + "_bwd", i); layer 0's runs to the
+    end of ``backward()``, its input needs no gradient), in ``head`` (key ("head", 0)),
+    everything of the backward before the last timed layer's (("head_bwd", 0)) and the
+    optimiser step. ``timer`` is the process's CPU time with one thread (other load on the
+    machine does not count), else the wall clock."""
 
-    def __init__(self, det, timer: Callable[[], float]):
-        base = det.model.get_base_model()
+    def __init__(self, layers: dict[str, Sequence[nn.Module]], timer: Callable[[], float],
+                 head: nn.Module | None = None, backward: str | None = None):
         self.timer = timer
-        self.layers = {"vision": base.vision_model.encoder.layers,
-                       "qformer": base.qformer.encoder.layer,
-                       "opt": base.language_model.model.decoder.layers}
-        self.cross = [layer.has_cross_attention for layer in self.layers["qformer"]]
+        self.layers = layers
+        self.bwd = backward
         self.counter = None
         self.reset()
-        for tower, layers in self.layers.items():
-            for i, layer in enumerate(layers):
+        for tower, tower_layers in layers.items():
+            for i, layer in enumerate(tower_layers):
                 layer.register_forward_pre_hook(self._pre_hook((tower, i)), with_kwargs=True)
                 layer.register_forward_hook(self._post_hook((tower, i)), with_kwargs=True)
-        head = base.language_model.lm_head
-        head.register_forward_pre_hook(self._pre_hook(("head", 0)), with_kwargs=True)
-        head.register_forward_hook(self._post_hook(("head", 0)), with_kwargs=True)
+        if head is not None:
+            head.register_forward_pre_hook(self._pre_hook(("head", 0)), with_kwargs=True)
+            head.register_forward_hook(self._post_hook(("head", 0)), with_kwargs=True)
 
     def reset(self) -> None:
         self.seconds: dict[Key, float] = defaultdict(float)
@@ -241,36 +242,49 @@ class Clock:
         def hook(module, args, kwargs):
             self.start(key)
             x = args[0] if args else kwargs.get("hidden_states")
-            if key[0] == "opt" and key[1] > 0 and torch.is_tensor(x) and x.requires_grad:
-                # the gradient of a decoder layer's input is ready: its backward is done
-                x.register_hook(lambda g: self.stop(("opt_bwd", key[1])))
+            if key[0] == self.bwd and key[1] > 0 and torch.is_tensor(x) and x.requires_grad:
+                # the gradient of a layer's input is ready: its backward is done
+                x.register_hook(lambda g: self.stop((f"{self.bwd}_bwd", key[1])))
         return hook
 
     def _post_hook(self, key: Key):
         def hook(module, args, kwargs, out):
             self.stop(key)
             y = out[0] if isinstance(out, tuple) else out
-            if key[0] == "opt" and torch.is_tensor(y) and y.requires_grad:
-                last = key[1] == len(self.layers["opt"]) - 1
+            if key[0] == self.bwd and torch.is_tensor(y) and y.requires_grad:
+                last = key[1] == len(self.layers[self.bwd]) - 1
 
                 def arrived(g):  # the gradient of its output arrived: its backward starts
                     if last:
                         self.stop(("head_bwd", 0))
-                    self.start(("opt_bwd", key[1]))
+                    self.start((f"{self.bwd}_bwd", key[1]))
                 y.register_hook(arrived)
         return hook
 
     def backward(self, loss: torch.Tensor) -> None:
-        """``loss.backward()``, timing the head's backward (up to the last decoder layer) and
-        the first decoder layer's (whose input needs no gradient: up to the end)."""
+        """``loss.backward()``, timing the head's backward (up to the last timed layer) and
+        the first layer's (whose input needs no gradient: up to the end)."""
         self.start(("head_bwd", 0))
         loss.backward()
-        self.stop(("opt_bwd", 0))
+        self.stop((f"{self.bwd}_bwd", 0))
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         self.start(("adam", 0))
         optimizer.step()
         self.stop(("adam", 0))
+
+
+class Clock(LayerClock):
+    """The :class:`LayerClock` of a Bi-LoRA detector: its vision, Q-Former and decoder
+    layers, the language head, the decoder's backward; which Q-Former layers cross-attend."""
+
+    def __init__(self, det, timer: Callable[[], float]):
+        base = det.model.get_base_model()
+        super().__init__({"vision": base.vision_model.encoder.layers,
+                          "qformer": base.qformer.encoder.layer,
+                          "opt": base.language_model.model.decoder.layers},
+                         timer, head=base.language_model.lm_head, backward="opt")
+        self.cross = [layer.has_cross_attention for layer in self.layers["qformer"]]
 
 
 def flop_counter():
@@ -681,17 +695,22 @@ def batch1_seconds(flops: dict[str, float], weights: dict[str, float], mfu: floa
 
 # -- the report -------------------------------------------------------------------------------
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--layers", type=int, default=2, help="layers per tower (>= 2)")
-    ap.add_argument("--batch", type=int, default=8, help="images per batch")
+def common_args(ap: argparse.ArgumentParser) -> None:
+    """The options every CPU benchmark of this folder shares: rounds, threads, MFU, seed."""
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds (medians)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--mfu", type=float, default=0.4,
                     help="assumed sustained fraction of the H100's peak")
+    ap.add_argument("--seed", type=int, default=0)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--layers", type=int, default=2, help="layers per tower (>= 2)")
+    ap.add_argument("--batch", type=int, default=8, help="images per batch")
+    common_args(ap)
     ap.add_argument("--call-ms", type=float, default=10.0,
                     help="assumed fixed cost of one batch-1 generate call on the GPU (launches)")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: tiny widths, batch 2, 1 round (figures meaningless)")
     args = ap.parse_args(argv)
@@ -704,17 +723,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def cpu_setup(threads: int) -> tuple[float, Callable[[], float], Callable[[str], None]]:
+    """Torch on ``threads`` threads, denormals flushed; (the start, the timer: the process's
+    CPU time with one thread, else the wall clock; a logger to stderr of the seconds since)."""
+    t_start = time.perf_counter()
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t_start:6.1f} s] {msg}", file=sys.stderr, flush=True)
+    return t_start, time.process_time if threads == 1 else time.perf_counter, log
+
+
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     args = parse_args(argv)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-    t_start = time.perf_counter()
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    timer = time.process_time if args.threads == 1 else time.perf_counter
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - t_start:6.1f} s] {msg}", file=sys.stderr, flush=True)
+    t_start, timer, log = cpu_setup(args.threads)
 
     cfg, det_cfg = paper_section()
     conf = bench_config(det_cfg, args.layers, args.quick)
