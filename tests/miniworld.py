@@ -16,6 +16,10 @@
   256), ``nature`` ImageNet-like ``.JPEG`` files of varied sizes (one grayscale, one
   CMYK, one PNG under a ``.JPEG`` name, as ImageNet has).
 * ``blip2/``: a tiny random BLIP-2 (224 px) saved with ``save_pretrained``.
+* ``VLM-DETECT/weights/<g>FineTune/``: seven LoRA adapters for that BLIP-2 exactly in the
+  form the Bi-LoRA authors published theirs (PEFT 0.4/0.5 ``adapter_config.json`` naming
+  ``ybelkada/blip2-opt-2.7b-fp16-sharded``, ``adapter_model.bin`` whose keys carry no
+  adapter name, no processor), one per paper.yaml ``bilora_authors`` checkpoint.
 * ``timm/<name>.safetensors``: seeded random full-size state dicts of timm's
   ``resnet50`` and ``legacy_xception`` (fp16) that
   ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...))``
@@ -39,6 +43,7 @@ until interrupted.
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import hashlib
 import io
@@ -76,6 +81,21 @@ ARCHIVES = {
 GENIMAGE = {"SD14": ("stable_diffusion_v_1_4/imagenet_ai_0419_sdv4", 2),
             "GLIDE": ("glide/imagenet_glide", 1)}
 TIMM_MODELS = ("resnet50", "legacy_xception")
+#: The Bi-LoRA authors' adapter folders (weights/<name> in Mamadou-Keita/VLM-DETECT), by
+#: training generator as paper.yaml's bilora_authors names them.
+AUTHORS_ADAPTERS = {"LDM": "ldmFineTune", "ADM": "admFineTune", "DDPM": "ddpmFineTune",
+                    "IDDPM": "iddpmFineTune", "PNDM": "pndmFineTune",
+                    "SD14": "stablediffusionFineTune", "GLIDE": "glideFineTune"}
+#: The authors' adapter_config.json fields (PEFT 0.5 form), one key today's PEFT lacks.
+AUTHORS_CONFIG = {
+    "auto_mapping": {"base_model_class": "Blip2ForConditionalGeneration",
+                     "parent_library": "transformers.models.blip_2.modeling_blip_2"},
+    "base_model_name_or_path": "ybelkada/blip2-opt-2.7b-fp16-sharded", "bias": "none",
+    "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
+    "layers_pattern": None, "layers_to_transform": None, "lora_alpha": 32,
+    "lora_dropout": 0.05, "modules_to_save": None, "peft_type": "LORA", "r": 16,
+    "revision": None, "target_modules": ["q_proj", "k_proj"], "task_type": None,
+    "merge_weights": False}
 #: The tiny BLIP-2 (keys of default.yaml's base_model.tiny) named by path in the overlay.
 BLIP2_CFG = {"vision_width": 32, "qformer_width": 32, "text_width": 32, "vision_layers": 1,
              "qformer_layers": 1, "text_layers": 1, "heads": 2, "image_size": 224,
@@ -124,6 +144,7 @@ class World:
     genimage: dict[str, Path]  # generator (SD14, GLIDE) -> subset folder
     blip2: Path | None  # tiny BLIP-2 folder (model + processor), 224 px
     blip2_cfg: dict[str, Any]
+    adapters: dict[str, Path]  # training generator -> the authors'-form adapter folder
     timm_weights: dict[str, Path]  # timm model name -> safetensors file (fp16)
     digests: dict[str, str]  # Ricker split -> expected tree digest (train/val after rebuild)
     manifest_rows: dict[str, int]  # paper.yaml dataset name -> rows of its manifest
@@ -387,6 +408,37 @@ def _write_blip2(path: Path, seed: int) -> None:
     processor.save_pretrained(path)
 
 
+def authors_lora(base: str | Path, seed: int = 7) -> tuple[Any, dict[str, Any]]:
+    """The BLIP-2 at ``base`` wrapped by a current-PEFT LoRA with the authors' settings, and
+    seeded random (non-zero) LoRA weights under the keys PEFT 0.4 saves (no adapter name)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from peft.utils import get_peft_model_state_dict
+    from transformers import Blip2ForConditionalGeneration
+
+    c = AUTHORS_CONFIG
+    model = get_peft_model(Blip2ForConditionalGeneration.from_pretrained(base), LoraConfig(
+        r=c["r"], lora_alpha=c["lora_alpha"], lora_dropout=c["lora_dropout"],
+        target_modules=list(c["target_modules"]), bias=c["bias"]))
+    gen = torch.Generator().manual_seed(seed)
+    return model, {k: 0.3 * torch.randn(v.shape, generator=gen)
+                   for k, v in get_peft_model_state_dict(model).items()}
+
+
+def write_authors_adapter(folder: str | Path, base: str | Path, seed: int = 7) -> Path:
+    """An adapter folder for the BLIP-2 at ``base`` exactly in the authors' form:
+    ``adapter_model.bin`` (``torch.save``, keys without an adapter name), their
+    ``adapter_config.json``, no processor."""
+    import torch
+
+    _, state = authors_lora(base, seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(state, folder / "adapter_model.bin")
+    (folder / "adapter_config.json").write_text(json.dumps(AUTHORS_CONFIG, indent=2))
+    return folder
+
+
 # -- the world ----------------------------------------------------------------------------
 
 def build_world(root: str | Path, seed: int = 0, *, timm_models: tuple[str, ...] = TIMM_MODELS,
@@ -422,10 +474,15 @@ def build_world(root: str | Path, seed: int = 0, *, timm_models: tuple[str, ...]
     genimage, gi_rows = _write_genimage(root / "GenImage", seed, s)
     lap("genimage")
     blip2_dir = None
+    adapters: dict[str, Path] = {}
     if blip2:
         blip2_dir = root / "blip2"
         _write_blip2(blip2_dir, seed)
         lap("blip2")
+        for i, (gen, name) in enumerate(AUTHORS_ADAPTERS.items()):
+            adapters[gen] = write_authors_adapter(root / "VLM-DETECT" / "weights" / name,
+                                                  blip2_dir, seed=1000 * seed + i)
+        lap("adapters")
     weights = {}
     for name in timm_models:
         (root / "timm").mkdir(exist_ok=True)
@@ -439,7 +496,8 @@ def build_world(root: str | Path, seed: int = 0, *, timm_models: tuple[str, ...]
         root=root, seed=seed, sizes=s, record=RECORD, record_dir=root / "zenodo",
         record_files=record_files, root_name=ROOT_NAME, generators=RICKER_GENERATORS,
         lmdb=root / "bedroom_train_lmdb", lmdb_records=n_records, genimage=genimage,
-        blip2=blip2_dir, blip2_cfg=dict(BLIP2_CFG), timm_weights=weights, digests=digests,
+        blip2=blip2_dir, blip2_cfg=dict(BLIP2_CFG), adapters=adapters, timm_weights=weights,
+        digests=digests,
         manifest_rows={"ricker": ricker_rows, "genimage_sd14": gi_rows["SD14"],
                        "genimage_glide": gi_rows["GLIDE"]},
         seconds=secs)
@@ -464,8 +522,10 @@ def serve_world(world: World, faults: tuple[str, ...] = ("cut",), host: str = "1
 # -- the overlay --------------------------------------------------------------------------
 
 #: The config keys an overlay on paper.yaml may set: scale and places only (``*`` is any
-#: detector or dataset). A test holds overlay_for to it; another world built independently
-#: uses the same keys.
+#: detector, dataset or training generator). Places: the BLIP-2 base of ``bilora`` and
+#: ``bilora_authors`` and each of the authors' adapter folders (the world's, in their
+#: published form). A test holds overlay_for to it; another world built independently uses
+#: the same keys.
 OVERLAY_KEYS = (
     "run", "device", "threads", "data.root", "data.num_workers",
     "data.sample.train_per_class", "data.sample.test_fakes_per_generator",
