@@ -192,3 +192,18 @@ def test_dry_run_imports_the_cells_instead_of_training_them(tmp_path, authors_ad
     assert len(imports) == 1 and "results/e2e/authors/train=sim-LDM/seed=42/model" in imports[0]
     trains = [line for line in out.stdout.splitlines() if "bilora.cli train " in line]
     assert trains and all("/authors/" not in line for line in trains)
+
+
+def test_a_null_checkpoint_leaves_its_generator_out(default_cfg):
+    cfg = copy.deepcopy(default_cfg)
+    sec = section(default_cfg, "a/b/ldm")
+    sec["weights"]["checkpoints"]["sim-ADM"] = None  # as an overlay trimming generators does
+    cfg["detectors"]["authors"] = sec
+    C.validate(cfg)
+    assert [c.train for c in C.cells(cfg, "authors")] == ["sim-LDM"]
+    cfg["generators"]["train"] = [g for g in cfg["generators"]["train"] if g != "sim-ADM"]
+    C.validate(cfg)  # a dropped generator's null entry is no config error
+    from bilora.artifacts import needed
+
+    assert [a.key for a in needed(C.detectors(cfg)) if a.kind == "checkpoint"] == [
+        "detectors.authors.weights.checkpoints.sim-LDM"]
