@@ -442,7 +442,9 @@ def import_spec(cfg: dict[str, Any], detector: str, generator: str, seed: int) -
     generator's checkpoint changing reruns only that cell's import)."""
     section = _model_section(detectors(cfg)[detector])
     ckpt = checkpoints(section)[generator]
-    section["weights"] = {"from": "checkpoints", "checkpoints": {generator: ckpt}}
+    # a URL entry keeps its own form ({url, size, sha256}): the section stays valid
+    entry = section["weights"]["checkpoints"][generator] if "sha256" in ckpt else ckpt
+    section["weights"] = {"from": "checkpoints", "checkpoints": {generator: entry}}
     return {"detector_id": detector, "detector": section, "train_generator": generator,
             "seed": seed, "checkpoint": ckpt}
 
