@@ -534,7 +534,9 @@ OVERLAY_KEYS = (
     "data.datasets.ricker.lsun.val_per_generator", "data.datasets.ricker.lsun.size",
     "data.datasets.ricker.digests.train", "data.datasets.ricker.digests.val",
     "data.datasets.ricker.digests.test", "data.datasets.*.path",
-    "detectors.bilora.base_model.name_or_path", "detectors.*.pretrained_file",
+    "detectors.bilora.base_model.name_or_path",
+    "detectors.bilora_authors.base_model.name_or_path",
+    "detectors.bilora_authors.weights.checkpoints.*", "detectors.*.pretrained_file",
     "detectors.*.image_size", "detectors.*.train.epochs", "detectors.*.train.batch_size",
     "detectors.*.eval.batch_size", "evaluation.perturbations.downscale",
     "evaluation.group_jobs")
@@ -546,9 +548,10 @@ def overlay_for(world: World, base_url: str | None = None, *, run: str = "paper-
                 timm_sizes: dict[str, int] | None = None) -> dict[str, Any]:
     """A config overlay for paper.yaml that changes only scale and places (OVERLAY_KEYS):
     counts, epochs, batch sizes, image sizes, device, threads, job count, the BLIP-2 base
-    path, the record's URL, the LMDB and GenImage folders, local baseline weights, and
-    the world's own folder digests (the published ones cannot match a miniature; the
-    checks keep the paper config's modes)."""
+    path (of bilora and bilora_authors), the authors'-form adapter folders, the record's
+    URL, the LMDB and GenImage folders, local baseline weights, and the world's own folder
+    digests (the published ones cannot match a miniature; the checks keep the paper
+    config's modes)."""
     base_url = base_url or world.base_url
     if not base_url:
         raise ValueError("no base_url: serve the world (serve_world) or pass base_url")
@@ -572,6 +575,11 @@ def overlay_for(world: World, base_url: str | None = None, *, run: str = "paper-
         detectors["bilora"] = {"base_model": {"name_or_path": str(world.blip2)},
                                "train": {"epochs": epochs, "batch_size": train_batch},
                                "eval": {"batch_size": eval_batch}}
+    if world.blip2 is not None and world.adapters:
+        detectors["bilora_authors"] = {
+            "base_model": {"name_or_path": str(world.blip2)},
+            "weights": {"checkpoints": {g: str(p) for g, p in world.adapters.items()}},
+            "eval": {"batch_size": eval_batch}}
     return {
         "run": run,
         "device": "cpu",
@@ -597,12 +605,63 @@ def overlay_for(world: World, base_url: str | None = None, *, run: str = "paper-
     }
 
 
+#: What an overlay on workflow/config/field.yaml may set besides OVERLAY_KEYS: the
+#: generators lists (scale: fewer cells; a trimmed training generator's checkpoint is dropped
+#: with a null entry), the CLIP detectors' tower (the world's tiny CLIP: a place) and each
+#: released checkpoint's place ({url, size, sha256} of the file the loopback server serves).
+FIELD_OVERLAY_KEYS = OVERLAY_KEYS + (
+    "generators.train", "generators.test", "detectors.*.base_model.name_or_path",
+    "detectors.*.weights.checkpoints.*")
+#: The tiny CLIP vision tower of a field rehearsal (baselines/_clip geometry keys): 28 px
+#: inputs for 32 px images, as ViT-L/14's 224 for the paper's 256.
+CLIP_TINY = {"width": 32, "layers": 1, "heads": 2, "patch_size": 7, "image_size": 28,
+             "projection_dim": 16}
+
+
+def write_tiny_clip(path: str | Path, seed: int = 0) -> Path:
+    """A tiny random CLIP vision tower with projection (CLIP_TINY) and its image processor,
+    saved with ``save_pretrained``: what ``openai/clip-vit-large-patch14`` is, in small."""
+    from baselines._clip import build_tiny
+
+    return build_tiny({"tiny": CLIP_TINY}, path, seed)
+
+
+def field_overlay_for(world: World, clip: str | Path, released: dict[str, dict[str, Any]],
+                      train: list[str], test: list[str], **kw: Any) -> dict[str, Any]:
+    """A config overlay for field.yaml that changes only scale and places
+    (FIELD_OVERLAY_KEYS): :func:`overlay_for`'s, the generators lists (``train``, ``test``;
+    checkpoints of the training generators left out are dropped with null), the CLIP
+    detectors' tower ``clip`` and the released checkpoints ``released`` (detector ->
+    generator -> ``{url, size, sha256}``). ``kw`` goes to overlay_for."""
+    kw = {"run": "field-rehearsal", "data_root": "data/field-rehearsal", **kw}
+    over = overlay_for(world, **kw)
+    epochs, train_batch = kw.get("epochs", 1), kw.get("train_batch", 16)
+    eval_batch = kw.get("eval_batch", 64)
+    dets = over["detectors"]
+    authors = dets["bilora_authors"]["weights"]["checkpoints"]
+    dets["bilora_authors"]["weights"]["checkpoints"] = {
+        g: p if g in train else None for g, p in authors.items()}
+    trained = {"train": {"epochs": epochs, "batch_size": train_batch},
+               "eval": {"batch_size": eval_batch}}
+    for det in ("univfd", "clip_lora"):
+        dets[det] = {"base_model": {"name_or_path": str(clip)}, **copy.deepcopy(trained)}
+    dets["npr"] = {"image_size": round(224 * world.sizes.size / 256), **copy.deepcopy(trained)}
+    for det, ckpts in released.items():
+        dets[det] = {"base_model": {"name_or_path": str(clip)},
+                     "weights": {"checkpoints": copy.deepcopy(ckpts)},
+                     "eval": {"batch_size": eval_batch}}
+    over["generators"] = {"train": list(train), "test": list(test)}
+    return over
+
+
 def rehearse(world: World, overlay: dict[str, Any], work: str | Path, cores: int = 2,
-             paper: str | Path | None = None) -> subprocess.CompletedProcess:
+             paper: str | Path | None = None, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess:
     """Run ``snakemake --cores N all --configfile paper.yaml overlay.yaml`` in ``work``
     while the world is served; returns the finished process (output in ``.stdout``).
+    ``paper``: another complete config in paper.yaml's place (field.yaml).
 
-    Jobs run ``python3`` from this interpreter's folder, with HF_HUB_OFFLINE=1.
+    Jobs run ``python3`` from this interpreter's folder, with HF_HUB_OFFLINE=1 and ``env``.
     """
     import yaml
 
@@ -610,7 +669,7 @@ def rehearse(world: World, overlay: dict[str, Any], work: str | Path, cores: int
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     (work / "overlay.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+    env = {**os.environ, **(env or {}), "HF_HUB_OFFLINE": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"),
            "--directory", str(work), "--cores", str(cores), "all", "--configfile",
