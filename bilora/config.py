@@ -284,12 +284,15 @@ def imported(section: dict[str, Any]) -> bool:
 
 def checkpoints(section: dict[str, Any]) -> dict[str, dict[str, str | None]]:
     """An imported detector's checkpoints: training generator -> {source, revision} (the
-    block's revision unless the entry names its own); {} for a trained detector."""
+    block's revision unless the entry names its own); {} for a trained detector. A null
+    entry (an overlay dropping a generator) is left out."""
     if not imported(section):
         return {}
     weights = section["weights"]
     out: dict[str, dict[str, str | None]] = {}
     for g, entry in weights["checkpoints"].items():
+        if entry is None:
+            continue
         entry = {"source": entry} if isinstance(entry, str) else entry
         if "url" in entry:  # one file pinned by size and sha256
             out[g] = {"source": entry["url"], "revision": None, "size": entry["size"],
@@ -342,7 +345,7 @@ def cells(cfg: dict[str, Any], detector: str | None = None) -> list[Cell]:
     sections = detectors(cfg)
     dets = [detector] if detector else list(sections)
     return [Cell(d, g, s) for d in dets for g in cfg["generators"]["train"] for s in seeds(cfg)
-            if not imported(sections[d]) or g in sections[d]["weights"]["checkpoints"]]
+            if not imported(sections[d]) or g in checkpoints(sections[d])]
 
 
 # -- slices: what one job depends on (passed as rule params, a rerun trigger) -------------
@@ -439,7 +442,9 @@ def import_spec(cfg: dict[str, Any], detector: str, generator: str, seed: int) -
     generator's checkpoint changing reruns only that cell's import)."""
     section = _model_section(detectors(cfg)[detector])
     ckpt = checkpoints(section)[generator]
-    section["weights"] = {"from": "checkpoints", "checkpoints": {generator: ckpt}}
+    # a URL entry keeps its own form ({url, size, sha256}): the section stays valid
+    entry = section["weights"]["checkpoints"][generator] if "sha256" in ckpt else ckpt
+    section["weights"] = {"from": "checkpoints", "checkpoints": {generator: entry}}
     return {"detector_id": detector, "detector": section, "train_generator": generator,
             "seed": seed, "checkpoint": ckpt}
 

@@ -16,6 +16,10 @@
   256), ``nature`` ImageNet-like ``.JPEG`` files of varied sizes (one grayscale, one
   CMYK, one PNG under a ``.JPEG`` name, as ImageNet has).
 * ``blip2/``: a tiny random BLIP-2 (224 px) saved with ``save_pretrained``.
+* ``VLM-DETECT/weights/<g>FineTune/``: seven LoRA adapters for that BLIP-2 exactly in the
+  form the Bi-LoRA authors published theirs (PEFT 0.4/0.5 ``adapter_config.json`` naming
+  ``ybelkada/blip2-opt-2.7b-fp16-sharded``, ``adapter_model.bin`` whose keys carry no
+  adapter name, no processor), one per paper.yaml ``bilora_authors`` checkpoint.
 * ``timm/<name>.safetensors``: seeded random full-size state dicts of timm's
   ``resnet50`` and ``legacy_xception`` (fp16) that
   ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...))``
@@ -39,6 +43,7 @@ until interrupted.
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import hashlib
 import io
@@ -76,6 +81,21 @@ ARCHIVES = {
 GENIMAGE = {"SD14": ("stable_diffusion_v_1_4/imagenet_ai_0419_sdv4", 2),
             "GLIDE": ("glide/imagenet_glide", 1)}
 TIMM_MODELS = ("resnet50", "legacy_xception")
+#: The Bi-LoRA authors' adapter folders (weights/<name> in Mamadou-Keita/VLM-DETECT), by
+#: training generator as paper.yaml's bilora_authors names them.
+AUTHORS_ADAPTERS = {"LDM": "ldmFineTune", "ADM": "admFineTune", "DDPM": "ddpmFineTune",
+                    "IDDPM": "iddpmFineTune", "PNDM": "pndmFineTune",
+                    "SD14": "stablediffusionFineTune", "GLIDE": "glideFineTune"}
+#: The authors' adapter_config.json fields (PEFT 0.5 form), one key today's PEFT lacks.
+AUTHORS_CONFIG = {
+    "auto_mapping": {"base_model_class": "Blip2ForConditionalGeneration",
+                     "parent_library": "transformers.models.blip_2.modeling_blip_2"},
+    "base_model_name_or_path": "ybelkada/blip2-opt-2.7b-fp16-sharded", "bias": "none",
+    "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
+    "layers_pattern": None, "layers_to_transform": None, "lora_alpha": 32,
+    "lora_dropout": 0.05, "modules_to_save": None, "peft_type": "LORA", "r": 16,
+    "revision": None, "target_modules": ["q_proj", "k_proj"], "task_type": None,
+    "merge_weights": False}
 #: The tiny BLIP-2 (keys of default.yaml's base_model.tiny) named by path in the overlay.
 BLIP2_CFG = {"vision_width": 32, "qformer_width": 32, "text_width": 32, "vision_layers": 1,
              "qformer_layers": 1, "text_layers": 1, "heads": 2, "image_size": 224,
@@ -124,6 +144,7 @@ class World:
     genimage: dict[str, Path]  # generator (SD14, GLIDE) -> subset folder
     blip2: Path | None  # tiny BLIP-2 folder (model + processor), 224 px
     blip2_cfg: dict[str, Any]
+    adapters: dict[str, Path]  # training generator -> the authors'-form adapter folder
     timm_weights: dict[str, Path]  # timm model name -> safetensors file (fp16)
     digests: dict[str, str]  # Ricker split -> expected tree digest (train/val after rebuild)
     manifest_rows: dict[str, int]  # paper.yaml dataset name -> rows of its manifest
@@ -387,6 +408,37 @@ def _write_blip2(path: Path, seed: int) -> None:
     processor.save_pretrained(path)
 
 
+def authors_lora(base: str | Path, seed: int = 7) -> tuple[Any, dict[str, Any]]:
+    """The BLIP-2 at ``base`` wrapped by a current-PEFT LoRA with the authors' settings, and
+    seeded random (non-zero) LoRA weights under the keys PEFT 0.4 saves (no adapter name)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from peft.utils import get_peft_model_state_dict
+    from transformers import Blip2ForConditionalGeneration
+
+    c = AUTHORS_CONFIG
+    model = get_peft_model(Blip2ForConditionalGeneration.from_pretrained(base), LoraConfig(
+        r=c["r"], lora_alpha=c["lora_alpha"], lora_dropout=c["lora_dropout"],
+        target_modules=list(c["target_modules"]), bias=c["bias"]))
+    gen = torch.Generator().manual_seed(seed)
+    return model, {k: 0.3 * torch.randn(v.shape, generator=gen)
+                   for k, v in get_peft_model_state_dict(model).items()}
+
+
+def write_authors_adapter(folder: str | Path, base: str | Path, seed: int = 7) -> Path:
+    """An adapter folder for the BLIP-2 at ``base`` exactly in the authors' form:
+    ``adapter_model.bin`` (``torch.save``, keys without an adapter name), their
+    ``adapter_config.json``, no processor."""
+    import torch
+
+    _, state = authors_lora(base, seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(state, folder / "adapter_model.bin")
+    (folder / "adapter_config.json").write_text(json.dumps(AUTHORS_CONFIG, indent=2))
+    return folder
+
+
 # -- the world ----------------------------------------------------------------------------
 
 def build_world(root: str | Path, seed: int = 0, *, timm_models: tuple[str, ...] = TIMM_MODELS,
@@ -422,10 +474,15 @@ def build_world(root: str | Path, seed: int = 0, *, timm_models: tuple[str, ...]
     genimage, gi_rows = _write_genimage(root / "GenImage", seed, s)
     lap("genimage")
     blip2_dir = None
+    adapters: dict[str, Path] = {}
     if blip2:
         blip2_dir = root / "blip2"
         _write_blip2(blip2_dir, seed)
         lap("blip2")
+        for i, (gen, name) in enumerate(AUTHORS_ADAPTERS.items()):
+            adapters[gen] = write_authors_adapter(root / "VLM-DETECT" / "weights" / name,
+                                                  blip2_dir, seed=1000 * seed + i)
+        lap("adapters")
     weights = {}
     for name in timm_models:
         (root / "timm").mkdir(exist_ok=True)
@@ -439,7 +496,8 @@ def build_world(root: str | Path, seed: int = 0, *, timm_models: tuple[str, ...]
         root=root, seed=seed, sizes=s, record=RECORD, record_dir=root / "zenodo",
         record_files=record_files, root_name=ROOT_NAME, generators=RICKER_GENERATORS,
         lmdb=root / "bedroom_train_lmdb", lmdb_records=n_records, genimage=genimage,
-        blip2=blip2_dir, blip2_cfg=dict(BLIP2_CFG), timm_weights=weights, digests=digests,
+        blip2=blip2_dir, blip2_cfg=dict(BLIP2_CFG), adapters=adapters, timm_weights=weights,
+        digests=digests,
         manifest_rows={"ricker": ricker_rows, "genimage_sd14": gi_rows["SD14"],
                        "genimage_glide": gi_rows["GLIDE"]},
         seconds=secs)
@@ -464,8 +522,10 @@ def serve_world(world: World, faults: tuple[str, ...] = ("cut",), host: str = "1
 # -- the overlay --------------------------------------------------------------------------
 
 #: The config keys an overlay on paper.yaml may set: scale and places only (``*`` is any
-#: detector or dataset). A test holds overlay_for to it; another world built independently
-#: uses the same keys.
+#: detector, dataset or training generator). Places: the BLIP-2 base of ``bilora`` and
+#: ``bilora_authors`` and each of the authors' adapter folders (the world's, in their
+#: published form). A test holds overlay_for to it; another world built independently uses
+#: the same keys.
 OVERLAY_KEYS = (
     "run", "device", "threads", "data.root", "data.num_workers",
     "data.sample.train_per_class", "data.sample.test_fakes_per_generator",
@@ -474,7 +534,9 @@ OVERLAY_KEYS = (
     "data.datasets.ricker.lsun.val_per_generator", "data.datasets.ricker.lsun.size",
     "data.datasets.ricker.digests.train", "data.datasets.ricker.digests.val",
     "data.datasets.ricker.digests.test", "data.datasets.*.path",
-    "detectors.bilora.base_model.name_or_path", "detectors.*.pretrained_file",
+    "detectors.bilora.base_model.name_or_path",
+    "detectors.bilora_authors.base_model.name_or_path",
+    "detectors.bilora_authors.weights.checkpoints.*", "detectors.*.pretrained_file",
     "detectors.*.image_size", "detectors.*.train.epochs", "detectors.*.train.batch_size",
     "detectors.*.eval.batch_size", "evaluation.perturbations.downscale",
     "evaluation.group_jobs")
@@ -486,9 +548,10 @@ def overlay_for(world: World, base_url: str | None = None, *, run: str = "paper-
                 timm_sizes: dict[str, int] | None = None) -> dict[str, Any]:
     """A config overlay for paper.yaml that changes only scale and places (OVERLAY_KEYS):
     counts, epochs, batch sizes, image sizes, device, threads, job count, the BLIP-2 base
-    path, the record's URL, the LMDB and GenImage folders, local baseline weights, and
-    the world's own folder digests (the published ones cannot match a miniature; the
-    checks keep the paper config's modes)."""
+    path (of bilora and bilora_authors), the authors'-form adapter folders, the record's
+    URL, the LMDB and GenImage folders, local baseline weights, and the world's own folder
+    digests (the published ones cannot match a miniature; the checks keep the paper
+    config's modes)."""
     base_url = base_url or world.base_url
     if not base_url:
         raise ValueError("no base_url: serve the world (serve_world) or pass base_url")
@@ -512,6 +575,11 @@ def overlay_for(world: World, base_url: str | None = None, *, run: str = "paper-
         detectors["bilora"] = {"base_model": {"name_or_path": str(world.blip2)},
                                "train": {"epochs": epochs, "batch_size": train_batch},
                                "eval": {"batch_size": eval_batch}}
+    if world.blip2 is not None and world.adapters:
+        detectors["bilora_authors"] = {
+            "base_model": {"name_or_path": str(world.blip2)},
+            "weights": {"checkpoints": {g: str(p) for g, p in world.adapters.items()}},
+            "eval": {"batch_size": eval_batch}}
     return {
         "run": run,
         "device": "cpu",
@@ -537,12 +605,63 @@ def overlay_for(world: World, base_url: str | None = None, *, run: str = "paper-
     }
 
 
+#: What an overlay on workflow/config/field.yaml may set besides OVERLAY_KEYS: the
+#: generators lists (scale: fewer cells; a trimmed training generator's checkpoint is dropped
+#: with a null entry), the CLIP detectors' tower (the world's tiny CLIP: a place) and each
+#: released checkpoint's place ({url, size, sha256} of the file the loopback server serves).
+FIELD_OVERLAY_KEYS = OVERLAY_KEYS + (
+    "generators.train", "generators.test", "detectors.*.base_model.name_or_path",
+    "detectors.*.weights.checkpoints.*")
+#: The tiny CLIP vision tower of a field rehearsal (baselines/_clip geometry keys): 28 px
+#: inputs for 32 px images, as ViT-L/14's 224 for the paper's 256.
+CLIP_TINY = {"width": 32, "layers": 1, "heads": 2, "patch_size": 7, "image_size": 28,
+             "projection_dim": 16}
+
+
+def write_tiny_clip(path: str | Path, seed: int = 0) -> Path:
+    """A tiny random CLIP vision tower with projection (CLIP_TINY) and its image processor,
+    saved with ``save_pretrained``: what ``openai/clip-vit-large-patch14`` is, in small."""
+    from baselines._clip import build_tiny
+
+    return build_tiny({"tiny": CLIP_TINY}, path, seed)
+
+
+def field_overlay_for(world: World, clip: str | Path, released: dict[str, dict[str, Any]],
+                      train: list[str], test: list[str], **kw: Any) -> dict[str, Any]:
+    """A config overlay for field.yaml that changes only scale and places
+    (FIELD_OVERLAY_KEYS): :func:`overlay_for`'s, the generators lists (``train``, ``test``;
+    checkpoints of the training generators left out are dropped with null), the CLIP
+    detectors' tower ``clip`` and the released checkpoints ``released`` (detector ->
+    generator -> ``{url, size, sha256}``). ``kw`` goes to overlay_for."""
+    kw = {"run": "field-rehearsal", "data_root": "data/field-rehearsal", **kw}
+    over = overlay_for(world, **kw)
+    epochs, train_batch = kw.get("epochs", 1), kw.get("train_batch", 16)
+    eval_batch = kw.get("eval_batch", 64)
+    dets = over["detectors"]
+    authors = dets["bilora_authors"]["weights"]["checkpoints"]
+    dets["bilora_authors"]["weights"]["checkpoints"] = {
+        g: p if g in train else None for g, p in authors.items()}
+    trained = {"train": {"epochs": epochs, "batch_size": train_batch},
+               "eval": {"batch_size": eval_batch}}
+    for det in ("univfd", "clip_lora"):
+        dets[det] = {"base_model": {"name_or_path": str(clip)}, **copy.deepcopy(trained)}
+    dets["npr"] = {"image_size": round(224 * world.sizes.size / 256), **copy.deepcopy(trained)}
+    for det, ckpts in released.items():
+        dets[det] = {"base_model": {"name_or_path": str(clip)},
+                     "weights": {"checkpoints": copy.deepcopy(ckpts)},
+                     "eval": {"batch_size": eval_batch}}
+    over["generators"] = {"train": list(train), "test": list(test)}
+    return over
+
+
 def rehearse(world: World, overlay: dict[str, Any], work: str | Path, cores: int = 2,
-             paper: str | Path | None = None) -> subprocess.CompletedProcess:
+             paper: str | Path | None = None, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess:
     """Run ``snakemake --cores N all --configfile paper.yaml overlay.yaml`` in ``work``
     while the world is served; returns the finished process (output in ``.stdout``).
+    ``paper``: another complete config in paper.yaml's place (field.yaml).
 
-    Jobs run ``python3`` from this interpreter's folder, with HF_HUB_OFFLINE=1.
+    Jobs run ``python3`` from this interpreter's folder, with HF_HUB_OFFLINE=1 and ``env``.
     """
     import yaml
 
@@ -550,7 +669,7 @@ def rehearse(world: World, overlay: dict[str, Any], work: str | Path, cores: int
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     (work / "overlay.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+    env = {**os.environ, **(env or {}), "HF_HUB_OFFLINE": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"),
            "--directory", str(work), "--cores", str(cores), "all", "--configfile",

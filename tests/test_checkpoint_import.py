@@ -13,45 +13,24 @@ from bilora import config as C
 from bilora import workflow as W
 from bilora.cli import main
 from bilora.errors import ConfigError
-
-#: The authors' adapter_config.json fields (PEFT 0.5 form), one key today's PEFT lacks.
-AUTHORS_CONFIG = {
-    "auto_mapping": {"base_model_class": "Blip2ForConditionalGeneration",
-                     "parent_library": "transformers.models.blip_2.modeling_blip_2"},
-    "base_model_name_or_path": "ybelkada/blip2-opt-2.7b-fp16-sharded", "bias": "none",
-    "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
-    "layers_pattern": None, "layers_to_transform": None, "lora_alpha": 32,
-    "lora_dropout": 0.05, "modules_to_save": None, "peft_type": "LORA", "r": 16,
-    "revision": None, "target_modules": ["q_proj", "k_proj"], "task_type": None,
-    "merge_weights": False}
+from tests.miniworld import AUTHORS_CONFIG, authors_lora, write_authors_adapter
 
 
 def _lora(tiny_base):
     """The tiny base wrapped by a current-PEFT LoRA with random (non-zero) weights."""
-    from peft import LoraConfig, get_peft_model
-    from peft.utils import get_peft_model_state_dict
-    from transformers import Blip2ForConditionalGeneration
-
-    base = Blip2ForConditionalGeneration.from_pretrained(tiny_base)
-    model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
-                                            target_modules=["q_proj", "k_proj"], bias="none"))
-    gen = torch.Generator().manual_seed(7)
-    return model, {k: 0.3 * torch.randn(v.shape, generator=gen)
-                   for k, v in get_peft_model_state_dict(model).items()}
+    return authors_lora(tiny_base, seed=7)
 
 
 @pytest.fixture(scope="module")
 def authors_adapter(tiny_base, tmp_path_factory):
     """An adapter folder exactly in the authors' form: adapter_model.bin (torch.save, keys
     without an adapter name), their adapter_config.json, no processor."""
-    _, state = _lora(tiny_base)
+    folder = write_authors_adapter(tmp_path_factory.mktemp("authors") / "ldmFineTune",
+                                   tiny_base, seed=7)
+    state = torch.load(folder / "adapter_model.bin")
     assert all(".default." not in k for k in state)
     assert any(".language_model.model.decoder.layers.0.self_attn.q_proj.lora_A.weight" in k
                for k in state)  # transformers 5's BLIP-2 keeps PEFT 0.4's key layout
-    folder = tmp_path_factory.mktemp("authors") / "ldmFineTune"
-    folder.mkdir()
-    torch.save(state, folder / "adapter_model.bin")
-    (folder / "adapter_config.json").write_text(json.dumps(AUTHORS_CONFIG, indent=2))
     return folder
 
 
@@ -213,3 +192,18 @@ def test_dry_run_imports_the_cells_instead_of_training_them(tmp_path, authors_ad
     assert len(imports) == 1 and "results/e2e/authors/train=sim-LDM/seed=42/model" in imports[0]
     trains = [line for line in out.stdout.splitlines() if "bilora.cli train " in line]
     assert trains and all("/authors/" not in line for line in trains)
+
+
+def test_a_null_checkpoint_leaves_its_generator_out(default_cfg):
+    cfg = copy.deepcopy(default_cfg)
+    sec = section(default_cfg, "a/b/ldm")
+    sec["weights"]["checkpoints"]["sim-ADM"] = None  # as an overlay trimming generators does
+    cfg["detectors"]["authors"] = sec
+    C.validate(cfg)
+    assert [c.train for c in C.cells(cfg, "authors")] == ["sim-LDM"]
+    cfg["generators"]["train"] = [g for g in cfg["generators"]["train"] if g != "sim-ADM"]
+    C.validate(cfg)  # a dropped generator's null entry is no config error
+    from bilora.artifacts import needed
+
+    assert [a.key for a in needed(C.detectors(cfg)) if a.kind == "checkpoint"] == [
+        "detectors.authors.weights.checkpoints.sim-LDM"]

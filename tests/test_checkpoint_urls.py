@@ -86,3 +86,13 @@ def test_a_url_entry_needs_its_size_and_a_sha256(default_cfg):
         "sim-LDM": {"url": "https://example.org/w.pth", "sha256": "ab"}}}
     with pytest.raises(C.ConfigError, match="checkpoints"):
         C.validate(cfg)
+
+
+def test_the_import_spec_of_a_url_entry_is_a_valid_section(tmp_path, default_cfg):
+    sha = hashlib.sha256(DATA).hexdigest()
+    cfg = C.load(_config(tmp_path, default_cfg, "https://example.org/fc_weights.pth", sha))
+    spec = C.import_spec(cfg, "released", "sim-LDM", 42)
+    assert spec["detector"]["weights"]["checkpoints"] == {"sim-LDM": {
+        "url": "https://example.org/fc_weights.pth", "size": len(DATA), "sha256": sha}}
+    C.complete_detector(spec["detector"])  # what `bilora import-checkpoint` checks
+    assert spec["checkpoint"]["source"] == "https://example.org/fc_weights.pth"

@@ -4,12 +4,14 @@
 (``tests.miniworld.OVERLAY_KEYS``) runs every stage of the paper's path: the Zenodo record
 over a loopback server that cuts the first download of every file halfway, extraction, the
 LSUN rebuild from an LMDB, folder digests, the GenImage folders scored against the shared
-LSUN reals, a BLIP-2 base named by path, full-size timm baselines from local weights, every
-perturbation level, metrics and the report.
+LSUN reals, a BLIP-2 base named by path, the authors' seven adapters (in their published
+PEFT 0.4/0.5 form, for the world's BLIP-2) imported as ``bilora_authors``, full-size timm
+baselines from local weights, every perturbation level, metrics and the report.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -25,7 +27,8 @@ from tests.test_workflow import job_counts, smk
 
 pytestmark = pytest.mark.slow
 RULES = {"fetch_zenodo_record", "extract_archives", "rebuild_lsun_real", "check_split_digest",
-         "organize_dataset", "prefetch_models", "train_detector", "score_cell", "score_group",
+         "organize_dataset", "prefetch_models", "train_detector", "import_checkpoint",
+         "score_cell", "score_group",
          "gather_scores", "collect_warnings", "compute_metrics", "render_report"}
 
 
@@ -83,13 +86,14 @@ def test_results_are_complete_and_the_method_is_the_papers(rehearsal):
     res = work / "results" / "paper-rehearsal"
     metrics = pd.read_parquet(res / "metrics.parquet")
     paper = C.load(PAPER)
-    assert len(metrics) == 3 * 7 * 12 * len(C.conditions(paper))
+    assert len(metrics) == 4 * 7 * 12 * len(C.conditions(paper))  # bilora_authors included
     adapter = json.loads((res / "bilora" / "train=LDM" / "seed=42" / "model" /
                           "adapter_config.json").read_text())
     assert set(adapter["target_modules"]) == {"q_proj", "k_proj"} and adapter["r"] == 16
     model = res / "bilora" / "train=LDM" / "seed=42" / "model"
     assert (model / adapter["base_model_name_or_path"]).resolve() == world.blip2.resolve()
-    assert (res / "tables" / "paper_vs_reproduced.md").exists()
+    table = (res / "tables" / "paper_vs_reproduced.md").read_text()
+    assert paper["detectors"]["bilora_authors"]["label"] in table  # the imported column
     assert "ricker" in (res / "tables" / "robustness_accuracy.md").read_text().lower()
 
 
@@ -106,3 +110,22 @@ def test_a_second_run_has_nothing_to_do_and_a_change_reruns_only_its_cells(rehea
     assert job_counts(out.stdout) == {"train_detector": 7, "score_cell": 7,
                                       "collect_warnings": 1, "compute_metrics": 1,
                                       "render_report": 1, "all": 1}
+
+
+def test_the_authors_adapters_were_imported_and_scored(rehearsal):
+    world, work, log, _, _ = rehearsal
+    res = work / "results" / "paper-rehearsal"
+    assert job_counts(log)["import_checkpoint"] == 7
+    for gen, folder in world.adapters.items():
+        model = res / "bilora_authors" / f"train={gen}" / "seed=42" / "model"
+        prov = json.loads((model / "detector.json").read_text())["provenance"]
+        assert prov["checkpoint_source"] == str(folder)
+        sha = hashlib.sha256((folder / "adapter_model.bin").read_bytes()).hexdigest()
+        assert json.loads(prov["checkpoint_sha256"])["adapter_model.bin"] == sha
+        assert prov["adapter_base"] == "ybelkada/blip2-opt-2.7b-fp16-sharded"
+        assert not (res / "bilora_authors" / f"train={gen}" / "seed=42" / "checkpoint").exists()
+    metrics = pd.read_parquet(res / "metrics.parquet")
+    scored = metrics[metrics.detector == "bilora_authors"]
+    assert set(scored.train) == set(world.adapters)
+    assert len(scored) == 7 * 12 * len(C.conditions(C.load(PAPER)))
+    assert scored.accuracy.notna().all()

@@ -125,3 +125,5 @@ def contribute_schema(schema: dict[str, Any]) -> None:
         defs[n] = kind(n).schema()
         # keys of every kind, the harness's: where the weights come from
         defs[n]["properties"].setdefault("weights", {"$ref": "#/$defs/weights"})
+        # `train` is the harness's to require ($defs/detector): not for imported weights
+        defs[n]["required"] = [r for r in defs[n].get("required", []) if r != "train"]
