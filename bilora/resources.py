@@ -79,7 +79,10 @@ def rule_resources(cfg: Mapping[str, Any], rule: str, wildcards: Any = None,
                          f"known: {', '.join(RULES)}")
     datasets = [n for n, d in cfg["data"]["datasets"].items()
                 if d["source"] in SOURCES.get(rule, (d["source"],))]
-    candidates = {"detector": list(C.detectors(cfg)), "group": list(C.sharing_groups(cfg)),
+    trains = rule == "train_detector"  # imported detectors have no training job to size
+    candidates = {"detector": [d for d, s in C.detectors(cfg).items()
+                               if not (trains and C.imported(s))],
+                  "group": list(C.sharing_groups(cfg)),
                   "generator": list(cfg["generators"]["train"]),
                   "dataset": datasets, "split": ["train", "val", "test"]}
     names = WILDCARDS.get(rule, ())

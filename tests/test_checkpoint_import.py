@@ -207,3 +207,19 @@ def test_a_null_checkpoint_leaves_its_generator_out(default_cfg):
 
     assert [a.key for a in needed(C.detectors(cfg)) if a.kind == "checkpoint"] == [
         "detectors.authors.weights.checkpoints.sim-LDM"]
+
+
+def test_an_imported_detector_is_described_and_sized_without_a_training_section(default_cfg):
+    """No ``train:`` in an imported section: describe and job sizing still answer."""
+    from bilora import resources as R
+    from bilora.describe import describe
+
+    cfg = copy.deepcopy(default_cfg)
+    section = {k: v for k, v in cfg["detectors"]["bilora"].items() if k != "train"}
+    section["weights"] = {"from": "checkpoints", "checkpoints": {"sim-LDM": "/nonexistent"}}
+    cfg["detectors"]["released"] = section
+    cfg = C.validate(cfg)
+    assert any("imported, not trained" in line for line in describe(cfg["detectors"]["released"]))
+    sized = R.rule_resources(cfg, "train_detector")  # the largest training job: not this one
+    assert sized["mem_mb"] > 0
+    assert R.rule_resources(cfg, "score_cell", {"detector": "released"})["mem_mb"] > 0

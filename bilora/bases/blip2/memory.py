@@ -113,6 +113,8 @@ def training_memory(det_cfg: dict[str, Any], model=None, batch_size: int | None 
 
 def memory_lines(det_cfg: dict[str, Any], model=None) -> list[str]:
     """The printed peak-memory estimate of training (:func:`training_memory`)."""
+    if "train" not in det_cfg:
+        return ["peak GPU memory of training: none (the weights are imported, not trained)"]
     mem = training_memory(det_cfg, model)
     if mem is None:
         return ["peak GPU memory of training: no estimate (the language model is not an "
