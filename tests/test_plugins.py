@@ -295,3 +295,28 @@ def test_every_repository_path_a_doc_names_exists(doc):
     missing = sorted({p for p in DOC_PATH.findall(path.read_text())
                       if "<" not in p and "*" not in p and not (ROOT / p).exists()})
     assert not missing, f"{doc} names paths that do not exist: {missing}"
+
+
+#: Where a layout's name may stand in generic code, and why: "ricker" is also the name of the
+#: robustness protocol (Ricker et al.'s code), and the Zenodo transport's one record has
+#: Ricker's layout (its default when a zenodo dataset names none).
+LAYOUT_NAME_ALLOWED = {("bilora/data/perturbations.py", "ricker"),
+                       ("bilora/report/context.py", "ricker"),
+                       ("bilora/data/ricker.py", "ricker")}
+
+
+def test_no_generic_module_names_a_layout():
+    from bilora.api.layouts import LAYOUTS
+
+    names = set(LAYOUTS.names())
+    found = []
+    for path in _generic_modules():
+        tree = ast.parse(path.read_text())
+        skip = _docstrings(tree)
+        where = path.relative_to(ROOT).as_posix()
+        found += [f"{where}:{node.lineno} the string {node.value!r}"
+                  for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                  and id(node) not in skip and node.value in names
+                  and (where, node.value) not in LAYOUT_NAME_ALLOWED]
+    assert not found, "generic code names a layout:\n" + "\n".join(found)
