@@ -320,3 +320,14 @@ def test_no_generic_module_names_a_layout():
                   and id(node) not in skip and node.value in names
                   and (where, node.value) not in LAYOUT_NAME_ALLOWED]
     assert not found, "generic code names a layout:\n" + "\n".join(found)
+
+
+def test_bilora_ls_lists_every_registered_plugin(capsys):
+    from bilora.api.layouts import LAYOUTS
+    from bilora.cli import main
+
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    assert f"registered kinds: {', '.join(kind_names())}" in out
+    assert f"registered VLM bases (model_type): {', '.join(BASES.names())}" in out
+    assert f"registered dataset layouts: {', '.join(LAYOUTS.names())}" in out

@@ -13,7 +13,9 @@ from bilora.errors import ConfigError
 
 def cmd_ls(args: argparse.Namespace) -> int:
     from bilora import config as C
+    from bilora.api.bases import BASES
     from bilora.api.kinds import kind_names
+    from bilora.api.layouts import LAYOUTS
 
     cfg = C.load(args.configfile)
     print(f"run: {cfg['run']}   (results/{cfg['run']}/)")
@@ -21,6 +23,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for name, det in C.detectors(cfg).items():
         print(f"  {name:12s} kind={det['kind']}")
     print("registered kinds: " + ", ".join(kind_names()))
+    print("registered VLM bases (model_type): " + ", ".join(BASES.names()))
+    print("registered dataset layouts: " + ", ".join(LAYOUTS.names()))
     print("training generators: " + ", ".join(cfg["generators"]["train"]))
     print("test generators:     " + ", ".join(cfg["generators"]["test"]))
     for name, ds in cfg["data"]["datasets"].items():
