@@ -105,3 +105,14 @@ def test_save_is_atomic_on_failure(tmp_path, default_cfg):
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == before
     assert torch.isfinite(load_detector(tmp_path / "m").predict_proba(
         torch.zeros(1, 3, 32, 32, dtype=torch.uint8))).all()
+
+
+def test_a_missing_cuda_device_is_a_one_line_config_error():
+    from bilora.api.detector import resolve_device
+    from bilora.errors import ConfigError
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="CUDA device"):
+        resolve_device(f"cuda:{torch.cuda.device_count()}")  # one past the last, on any machine
+    with pytest.raises(ConfigError, match="'gpu0'"):
+        resolve_device("gpu0")

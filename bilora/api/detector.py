@@ -226,7 +226,18 @@ def load_detector(folder: str | os.PathLike, device: str = "cpu") -> Detector:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else CPU."""
+    """``auto`` is CUDA when available, else CPU; a CUDA device this machine lacks is a
+    ConfigError (one line) rather than a traceback from the first tensor moved there."""
+    from bilora.errors import ConfigError
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        out = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"device {device!r}: {exc}") from None
+    if out.type == "cuda" and (not torch.cuda.is_available()
+                               or (out.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"device {device!r}: this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s); use auto or cpu")
+    return out
