@@ -100,14 +100,11 @@ class Detector(nn.Module, metaclass=ABCMeta):
 
     def cache_stage(self, setting: str) -> tuple[str | None, str]:
         """(the stage a frozen-feature cache keeps, or None; why) for the section's
-        ``feature_cache`` setting. A kind with a cache implements it with ``features``,
-        ``loss_from_features`` and ``feature_identity``."""
+        ``feature_cache`` setting. A kind that returns a stage also implements
+        ``features(images, stage)``, ``loss_from_features(x, labels, stage)`` and
+        ``feature_identity()`` (everything but the images that determines the cached
+        features: part of the cache's key; :mod:`bilora.feature_cache`)."""
         return None, f"detector kind {self.kind!r} has no frozen-feature cache"
-
-    def feature_identity(self) -> dict[str, Any]:
-        """Everything but the images that determines cached features (the frozen part, its
-        dtype and preprocessing): part of a cache's key."""
-        raise NotImplementedError(f"detector kind {self.kind!r} has no frozen-feature cache")
 
     # -- shared -------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -141,7 +138,7 @@ class Detector(nn.Module, metaclass=ABCMeta):
         return self.kind
 
 
-class SharedGroup:
+class SharedGroup(metaclass=ABCMeta):
     """A kind's group scorer (its spec's ``group_scorer``): the cells of a scoring group as
     detector ``views`` over one loaded frozen part, scored from one pass of it
     (:func:`bilora.evaluation.score_group`)."""
@@ -160,10 +157,10 @@ class SharedGroup:
     def input_fit(self) -> str:
         return self.views[0].input_fit
 
+    @abstractmethod
     def predict(self, images: torch.Tensor, which: list[int]
                 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """(P(fake), token) of the cells ``which`` from one pass of the shared part."""
-        raise NotImplementedError
 
 
 def detector_class(kind: str) -> type[Detector]:
