@@ -23,8 +23,7 @@ def describe_module(det_cfg: dict[str, Any]) -> list[str]:
     from bilora.api.detector import detector_class
 
     with torch.device("meta"):
-        det = detector_class(det_cfg["kind"]).build(
-            {**det_cfg, "pretrained": False} if "pretrained" in det_cfg else det_cfg, seed=0)
+        det = detector_class(det_cfg["kind"]).build(det_cfg, seed=0)
     counts = det.parameter_counts()
     return [f"model: {det.describe()}", f"total parameters: {counts['total']:,}",
             f"trainable parameters: {counts['trainable']:,}"]

@@ -22,6 +22,14 @@ def _cost(section: dict[str, Any]) -> Cost:
     return Cost(2e9 * gmacs * (side / native) ** 2, params, side)
 
 
+def describe(section: dict[str, Any]) -> list[str]:
+    """The generic summary, built without pretrained weights (nothing is read on the meta
+    device)."""
+    from bilora.describe import describe_module
+
+    return describe_module({**section, "pretrained": False})
+
+
 def _artifacts(section: dict[str, Any], key: str) -> list:
     from bilora.artifacts import Artifact
 
@@ -45,6 +53,7 @@ KIND = Kind(
           "model_kwargs": {"layers": [1, 1, 1, 1], "channels": [8, 8, 16, 16],
                            "stem_width": 8},
           "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3}, "eval": {"batch_size": 8}},
+    describe="baselines.timm_classifier:describe",
     check="baselines.timm_classifier.detector:check_config",
     artifacts=_artifacts,
     artifact_types=_artifact_types,
