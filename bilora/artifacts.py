@@ -79,11 +79,18 @@ def needed(detectors: dict[str, dict[str, Any]]) -> list[Artifact]:
     return list(out.values()) + released
 
 
-def handler(artifact_type: str) -> Any:
-    """What finds, fetches and checks artifacts of a type: the detector kind's that declares
-    it (``local``, ``fetch``, ``check``, ``must_exist``)."""
-    from bilora.api.kinds import kind, kind_names
+#: Artifact types of the harness itself, not of a kind: released checkpoints.
+HARNESS_TYPES = {"checkpoint": "bilora.checkpoints:CheckpointHandler"}
 
+
+def handler(artifact_type: str) -> Any:
+    """What finds, fetches and checks artifacts of a type: the harness's own, or the
+    detector kind's that declares it (``local``, ``fetch``, ``check``, ``must_exist``)."""
+    from bilora.api.kinds import kind, kind_names
+    from bilora.api.plugins import resolve as resolve_ref
+
+    if artifact_type in HARNESS_TYPES:
+        return resolve_ref(HARNESS_TYPES[artifact_type])()
     for name in kind_names():
         found = kind(name).artifact_types()
         if artifact_type in found:
@@ -184,10 +191,6 @@ def resolve(a: Artifact, allow_network: bool, configfile: str | None = None
     """Find (or, with network, fetch) one artifact and check it is loadable. Returns what
     was found: path, bytes, and whether it was fetched now. ArtifactError names the
     artifact, its config key and the command that fetches it."""
-    if a.kind == "checkpoint":  # a released checkpoint: bilora.checkpoints
-        from bilora.checkpoints import resolve as resolve_checkpoint
-
-        return resolve_checkpoint(a, allow_network, configfile)
     how = handler(a.kind)
     local = how.local(a)
     fetched = False

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -138,14 +138,24 @@ def file_hashes(local: Path) -> dict[str, str]:
             for p in sorted(local.rglob("*")) if p.is_file()}
 
 
-def resolve(a: CheckpointArtifact, allow_network: bool, configfile: str | None = None
-            ) -> dict[str, Any]:
-    """A checkpoint for ``bilora prefetch``: found (or fetched), with its bytes."""
-    local, fetched = locate(a.name, a.revision, a.key, allow_network, configfile, a.size,
-                            a.sha256)
-    files = [local] if local.is_file() else [p for p in local.rglob("*") if p.is_file()]
-    return {**asdict(a), "path": str(local), "bytes": sum(p.stat().st_size for p in files),
-            "fetched": fetched}
+class CheckpointHandler:
+    """The artifact type ``checkpoint`` for :func:`bilora.artifacts.resolve`: found in place
+    or in a cache, fetched when the network is allowed, its files the ones imported."""
+
+    def must_exist(self, a: CheckpointArtifact) -> bool:
+        return not is_url(a.name) and looks_like_path(a.name)
+
+    def local(self, a: CheckpointArtifact) -> Path | None:
+        try:
+            return locate(a.name, a.revision, a.key, False, size=a.size, sha256=a.sha256)[0]
+        except ArtifactError:
+            return None
+
+    def fetch(self, a: CheckpointArtifact) -> Path:
+        return locate(a.name, a.revision, a.key, True, size=a.size, sha256=a.sha256)[0]
+
+    def check(self, a: CheckpointArtifact, path: Path) -> list[Path]:
+        return [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
 
 
 def import_checkpoint(spec: dict[str, Any], source: str, out: str | os.PathLike,
