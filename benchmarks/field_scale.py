@@ -46,13 +46,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-for _p in (str(ROOT), str(HERE)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-import paper_scale as ps  # noqa: E402
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+import paper_scale as ps  # noqa: E402  (puts this checkout first and the hub offline)
 
 GPU_CHECK = HERE / "results" / "gpu_check_h200.json"
 FIELD_CELLS = 8  # the paper's 7 training generators and ProGAN
