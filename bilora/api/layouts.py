@@ -10,7 +10,7 @@ apart from the layout: a dataset section's ``source`` is the one, its ``layout``
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,16 +23,19 @@ LAYOUTS = Registry("dataset layout", "LAYOUTS", ("bilora.data.layouts",))
 class Layout:
     """A dataset layout.
 
-    ``mapper(source, dataset_dir, **params)`` returns the folder's ``list[Entry]``
-    (:class:`bilora.data.manifest.Entry`). ``params`` are the mapper's keyword params, each
+    ``mapper(source, dataset_dir, **params)`` returns the folder's entries
+    (an iterable of :class:`bilora.data.manifest.Entry`: a list, or a generator that
+    streams a large listing). ``params`` are the mapper's keyword params, each
     a dataset-section key and an ``organize`` option of the same name (``split_map`` is
     ``--split-map``); it gets those given, not null; ``required`` are those it cannot do
     without. ``test_reals`` describes its test reals in the report's captions; ``summary``
     is one line of the schema's and the CLI's help. ``schema`` is an optional JSON Schema
-    fragment a dataset section naming this layout must also satisfy.
+    fragment a dataset section naming this layout must also satisfy; keys under its
+    ``properties`` that the section does not define are added to the section, so a layout
+    can bring its own dataset keys (allowed only with that layout).
     """
 
-    mapper: Callable[..., list[Any]]
+    mapper: Callable[..., Iterable[Any]]
     test_reals: str
     summary: str
     params: tuple[str, ...] = ()
@@ -55,7 +58,8 @@ def layout_of(section: Mapping[str, Any]) -> str:
 def contribute_schema(schema: dict[str, Any]) -> None:
     """Fill the registered layouts into ``schema`` in place: every ``$defs`` section with a
     ``layout`` property gets their names as its enum, their summaries as its description,
-    and, per layout, its ``required`` params and ``schema`` fragment as an if/then."""
+    and, per layout, its ``required`` params and ``schema`` fragment as an if/then; a key
+    that only some layouts' fragments define becomes a section key allowed with them."""
     names = LAYOUTS.names()
     for section in schema["$defs"].values():
         prop = section.get("properties", {}).get("layout")
@@ -65,6 +69,17 @@ def contribute_schema(schema: dict[str, Any]) -> None:
         prop["enum"] = names
         prop["description"] = (prop.get("description", "") + " Layouts: " + "; ".join(
             f"{name}: {spec.summary}" for name, spec in specs.items()) + ".").strip()
+        own = set(section.get("properties", {}))
+        extra: dict[str, list[str]] = {}  # a key of some layouts only -> those layouts
+        for name, spec in specs.items():
+            for key in spec.schema.get("properties", {}):
+                if key not in own:
+                    extra.setdefault(key, []).append(name)
+        for key, owners in extra.items():  # known to the section, allowed with its owners
+            section["properties"][key] = True  # (and checked by each owner's if/then)
+            section.setdefault("allOf", []).append(
+                {"if": {"required": [key]},
+                 "then": {"required": ["layout"], "properties": {"layout": {"enum": owners}}}})
         for name, spec in specs.items():
             then = copy.deepcopy(dict(spec.schema))
             then["required"] = [*then.get("required", []), *spec.required]
