@@ -80,7 +80,7 @@ def organize(layout: str, source: str | os.PathLike, dataset_dir: str | os.PathL
 
     from bilora.data.manifest import sample_entries
 
-    entries = layout_entries(layout, source, dataset_dir, **params)
+    entries = list(layout_entries(layout, source, dataset_dir, **params))
     gens = sorted({e.generator for e in entries})
     if test_reals_from is not None:
         entries = [e for e in entries if not (e.split == "test" and e.label == 0)]
