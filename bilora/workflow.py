@@ -300,4 +300,14 @@ def organize_args(cfg: dict[str, Any], dataset: str) -> str:
                      f"{dataset_dir(cfg, C.lsun_dataset(cfg))}/raw/{EXTRA_DIR}"]
         if ds["split_map"]:
             args += ["--split-map", ",".join(f"{k}={v}" for k, v in ds["split_map"].items())]
+    args += layout_param_args(ds)
     return shlex.join(args)
+
+
+def layout_param_args(ds: dict[str, Any]) -> list[str]:
+    """``--param KEY=JSON`` for each dataset key a layout brings (its schema properties)."""
+    from bilora.api.layouts import LAYOUTS, layout_of
+
+    own = LAYOUTS.get(layout_of(ds)).schema.get("properties", {})
+    return [a for key in own if key in ds
+            for a in ("--param", f"{key}={json.dumps(ds[key], sort_keys=True)}")]

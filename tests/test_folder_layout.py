@@ -76,3 +76,31 @@ def test_a_folder_that_breaks_the_layout_is_named(cnndetection, tmp_path, breaka
     msg = str(err.value)
     assert str(cnndetection / culprit) in msg and "\n" not in msg
     assert "0_real" in msg  # names the layout it expected
+
+
+def test_the_split_key_reaches_organize_through_the_config_and_cli(cnndetection, tmp_path):
+    """A layout's own dataset key (``split``) is validated by the config and passed to
+    ``bilora organize`` as ``--param split=...``; an unknown --param is refused."""
+    import shlex
+
+    from bilora import config as C
+    from bilora import workflow as W
+    from bilora.cli import main
+
+    cfg = C.load_yaml(Path(__file__).resolve().parent.parent / "workflow/config/paper.yaml")
+    cfg["data"]["datasets"]["cnn"] = {"source": "local", "layout": "folder",
+                                      "path": str(cnndetection), "generators": ["san"],
+                                      "split": "val", "test_reals": "own"}
+    cfg = C.validate(cfg, "paper.yaml")
+    args = shlex.split(W.organize_args(cfg, "cnn"))
+    assert args[args.index("--param") + 1] == 'split="val"'
+    out = tmp_path / "m.parquet"
+    base = ["organize", *args, "--out", str(out), "--quiet"]
+    assert main(base) == 0
+    df = pd.read_parquet(out)
+    assert set(df.split) == {"val"} and len(df) == 5
+    cfg["data"]["datasets"]["genimage_sd14"]["split"] = "val"  # not genimage's key
+    with pytest.raises(C.ConfigError, match="genimage_sd14"):
+        C.validate(cfg, "paper.yaml")
+    with pytest.raises(SystemExit, match="takes KEY=VALUE with KEY one of"):
+        main([*base, "--param", "per_generator=3"])

@@ -32,7 +32,8 @@ class Layout:
     is one line of the schema's and the CLI's help. ``schema`` is an optional JSON Schema
     fragment a dataset section naming this layout must also satisfy; keys under its
     ``properties`` that the section does not define are added to the section, so a layout
-    can bring its own dataset keys (allowed only with that layout).
+    can bring its own dataset keys (allowed only with that layout); ``licence`` is the
+    images' licence as the data card states it (None: not stated by the layout).
     """
 
     mapper: Callable[..., Iterable[Any]]
@@ -41,6 +42,7 @@ class Layout:
     params: tuple[str, ...] = ()
     required: tuple[str, ...] = ()
     schema: Mapping[str, Any] = field(default_factory=dict)
+    licence: str | None = None
 
 
 def layout_of(section: Mapping[str, Any]) -> str:

@@ -99,6 +99,28 @@ def _rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+_OWN_OPTIONS = ("generator", "generators", "splits", "split_map")  # organize's own flags
+
+
+def layout_params(layout: str, pairs: list[str] | None) -> dict[str, object]:
+    """``KEY=VALUE`` pairs of ``organize --param``: VALUE is JSON, else a plain string;
+    KEY must be one of the layout's params that has no flag of its own."""
+    import json
+
+    taken = [k for k in LAYOUTS.get(layout).params if k not in _OWN_OPTIONS]
+    out: dict[str, object] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in taken:
+            raise SystemExit(f"bilora organize: --param {pair!r}: the {layout} layout takes "
+                             f"KEY=VALUE with KEY one of {taken or 'nothing'}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def _organize(args: argparse.Namespace) -> int:
     from bilora.data.folders import parse_split_map
     from bilora.data.local_sources import organize
@@ -110,7 +132,7 @@ def _organize(args: argparse.Namespace) -> int:
                   test_reals_from=args.test_reals_from, train_reals_dir=args.train_reals_dir,
                   train_per_class=args.train_per_class,
                   test_fakes_per_generator=args.test_fakes_per_generator, seed=args.seed,
-                  cap_test_reals=args.cap_test_reals)
+                  cap_test_reals=args.cap_test_reals, **layout_params(args.layout, args.param))
     print(f"{len(df)} images in {args.out}")
     return 0
 
@@ -207,6 +229,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the capped samples")
     p.add_argument("--cap-test-reals", action="store_true",
                    help="cap the dataset's own test reals like its fakes (not a shared set)")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="a layout's own key (its dataset-section key of that name; VALUE is "
+                   "JSON or a string), e.g. --param split=val; repeatable")
     p.add_argument("--out", required=True, help="manifest parquet to write")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_organize)
