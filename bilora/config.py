@@ -418,6 +418,7 @@ class ReportSpec(TypedDict):
     seeds: list[int]
     variants: dict[str, dict[str, Any]]
     real_sets: dict[str, str]
+    datasets: dict[str, str]  # test generator -> the dataset holding it
     published: dict[str, Any] | None
     format_control: dict[str, int] | None
     protocol: str
@@ -575,5 +576,6 @@ def report_spec(cfg: dict[str, Any]) -> ReportSpec:
             "confidence": cfg["metrics"]["confidence"], "seeds": seeds(cfg),
             "variants": out_variants,
             "real_sets": {g: real_set(cfg, g) for g in cfg["generators"]["test"]},
+            "datasets": {g: dataset_of(cfg, g) for g in cfg["generators"]["test"]},
             "published": published, "format_control": cfg["data"]["format_control"],
             "protocol": cfg["evaluation"]["protocol"]}

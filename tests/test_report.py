@@ -593,3 +593,42 @@ def test_preprocessing_table_from_the_scores_provenance(run, tmp_path):
         {b"detector": b"d", b"preprocessing": b"{not json"}), a)
     with pytest.raises(UserError, match="a.parquet: metadata 'preprocessing' is not JSON"):
         read_preprocessing([a])
+
+
+def test_cross_dataset_columns_pairing_and_format_audit(run, tmp_path):
+    """Test generators of two datasets: the matrix groups its columns by dataset and adds
+    a per-dataset unseen mean (checked against the mean over those cells), the detectors
+    table a per-dataset column; the pairing table states each set's reals; the format
+    audit names the dataset whose reals and fakes differ in format."""
+    d = run["dir"]
+    spec = make_spec(datasets={"G1": "ricker", "G2": "ricker", "G3": "synthbuster"})
+    render_report(d / "metrics.parquet", d / "bootstrap.npz", spec, tmp_path / "t",
+                  tmp_path / "f", run["manifests"], run["scores"], None)
+    m = pd.read_csv(tmp_path / "t" / "accuracy_matrix_bilora.csv")
+    ctx = _ctx(run, datasets=spec["datasets"])
+    for train, sets in (("G1", ["G2"]), ("G2", ["G1"])):
+        row = m[(m.train == train) & (m.column == "mean (unseen, ricker)")]
+        assert row["sets"].item() == ";".join(sets)
+        want = ctx.results.mean("accuracy", "bilora", [train], sets)
+        assert row["value"].item() == pytest.approx(want.value)
+    g3 = m[(m.train == "G1") & (m.column == "mean (unseen, synthbuster)")]
+    assert g3["value"].item() == pytest.approx(m[(m.train == "G1") & (m.column == "G3")]
+                                              ["value"].item())
+    assert set(m.loc[m.kind == "test", "dataset"]) == {"ricker", "synthbuster"}
+    tex = (tmp_path / "t" / "accuracy_matrix_bilora.tex").read_text()
+    assert "test generator (ricker)" in tex and "test generator (synthbuster)" in tex
+    det = pd.read_csv(tmp_path / "t" / "detectors.csv")
+    assert {"unseen, ricker", "unseen, synthbuster"} <= set(det["cells"])
+    pairing = pd.read_csv(tmp_path / "t" / "pairing.csv").set_index("generator")
+    # two manifests (ds1, old) list the same 4 fakes and 4 reals per generator
+    assert pairing.loc["G1", "dataset"] == "ricker" and pairing.loc["G1", "reals"] == 4
+    assert pairing.loc["G1", "same_reals_as"] == "G2"
+    assert pairing.loc["G3", "same_reals_as"] == "-"
+    assert pairing.loc["G3", "real_set"] == "own reals"
+    assert pairing.loc["G1", "fake_formats"] == "PNG"
+    md = (tmp_path / "t" / "pairing.md").read_text()
+    assert "Format audit: ds1 test: reals 75% JPEG, fakes 100% PNG" in md
+    # one dataset: no per-dataset means, the old column group
+    single = pd.read_csv(d / "tables" / "accuracy_matrix_bilora.csv")
+    assert set(single["column"]) == {"G1", "G2", "G3", "mean (unseen)", "mean (all)",
+                                     "mean (unseen, train sets)", "mean (all, train sets)"}

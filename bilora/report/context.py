@@ -148,6 +148,24 @@ class Context:
         return list(self.spec["test"])
 
     @property
+    def datasets(self) -> dict[str, list[str]]:
+        """Dataset -> its test generators, in test order (the spec's ``datasets`` map; a
+        spec without it is one unnamed group)."""
+        of = self.spec.get("datasets") or {}
+        out: dict[str, list[str]] = {}
+        for t in self.test:
+            out.setdefault(of.get(t, ""), []).append(t)
+        return out
+
+    @property
+    def cross_dataset(self) -> bool:
+        """Whether the test generators come from more than one dataset."""
+        return len(self.datasets) > 1
+
+    def dataset_of(self, generator: str) -> str:
+        return (self.spec.get("datasets") or {}).get(generator, "")
+
+    @property
     def train_sets(self) -> list[str]:
         """The test sets of the training generators, in test order."""
         return [t for t in self.test if t in self.train]

@@ -25,12 +25,38 @@ SPLITS = ("train", "val", "test")
 CLASSES = {0: "real", 1: "fake"}
 ALL_GENERATORS = "(all generators)"
 FORMAT_BIAS = (
-    "Format bias: a detector can learn the file format instead of the generator. The LSUN "
-    "Bedroom reals were stored lossy (LSUN's JPEG-compressed LMDB) before they were rebuilt "
-    "as PNG, while the fakes are the generators' own PNGs; GenImage's reals are ImageNet "
-    "JPEGs of many sizes while its fakes are PNGs of fixed sizes. Compare the formats, sizes "
-    "and JPEG qualities of the real and fake rows above; `data.format_control` re-encodes "
-    "every image as JPEG of one quality to test whether a result survives without that cue.")
+    "Format bias: a detector can learn the file format instead of the generator when the "
+    "reals and fakes of a set differ in format, size or JPEG quality (e.g. GenImage's and "
+    "Community Forensics' JPEG reals beside PNG fakes; Ricker et al.'s LSUN reals, stored "
+    "lossy before they were rebuilt as PNG). Compare the real and fake rows above; "
+    "`data.format_control` re-encodes every image of every dataset as JPEG of one quality "
+    "to test whether a result survives without that cue.")
+
+
+def _main_format(g: pd.DataFrame) -> tuple[str, float]:
+    """The most frequent format of a group and its share (``("", nan)`` when unknown)."""
+    known = g["format"].dropna().astype(str)
+    if known.empty:
+        return "", float("nan")
+    counts = known.value_counts()
+    return str(counts.index[0]), float(counts.iloc[0] / len(known))
+
+
+def format_audit(manifests: pd.DataFrame) -> list[str]:
+    """One line per dataset and split whose reals and fakes differ in their main file
+    format (the data card's format audit), or one line saying none does."""
+    lines = []
+    for (ds, split), m in manifests.groupby(["dataset", "split"], sort=False):
+        real, fake = (m[m["label"].astype(int) == k].drop_duplicates("sha1") for k in (0, 1))
+        if real.empty or fake.empty:
+            continue
+        (rf, rs), (ff, fs) = _main_format(real), _main_format(fake)
+        if rf and ff and rf != ff:
+            lines.append(f"Format audit: {ds} {split}: reals {100 * rs:.0f}% {rf}, fakes "
+                         f"{100 * fs:.0f}% {ff}; a detector may separate them by format "
+                         "alone (data.format_control).")
+    return lines or ["Format audit: in every dataset and split, reals and fakes share their "
+                     "main file format."]
 
 
 def read_manifests(paths: Sequence[str | os.PathLike]
@@ -170,4 +196,41 @@ def data_card(ctx: Context, manifests: pd.DataFrame, present: dict[str, set[str]
         + ("" if len(manifests) else " No manifest was given to the report."),
         *ctx.common("data_card")]
     return Table("data_card", "Data card.", caption, columns, rows, frame,
-                 formats=("csv", "md"), notes=[FORMAT_BIAS])
+                 formats=("csv", "md"), notes=[FORMAT_BIAS, *format_audit(manifests)])
+
+
+def _formats_text(g: pd.DataFrame) -> str:
+    return _shares(g["format"])[0] if len(g) else "-"
+
+
+def pairing(ctx: Context, manifests: pd.DataFrame) -> Table:
+    """Which reals each test set is scored against: per test generator, its dataset, its
+    fakes and reals (unique images, formats) and the real set's description."""
+    test = manifests[manifests["split"].astype(str) == "test"] if len(manifests) else manifests
+    rows, data = [], []
+    for t in ctx.test:
+        g = test[test["generator"].astype(str) == t] if len(test) else test
+        fakes = g[g["label"].astype(int) == 1].drop_duplicates("sha1") if len(g) else g
+        reals = g[g["label"].astype(int) == 0].drop_duplicates("sha1") if len(g) else g
+        desc, _, sha = ctx.real_sets.get(t, ("not stated", None, None))
+        shared = [u for u in ctx.test if u != t and sha is not None
+                  and ctx.real_sets.get(u, ("", None, None))[2] == sha]
+        ds = ctx.dataset_of(t) or ", ".join(sorted(set(fakes.get("dataset", []))))
+        row = {"generator": t, "dataset": ds or "n/a", "fakes": len(fakes),
+               "fake_formats": _formats_text(fakes), "reals": len(reals),
+               "real_formats": _formats_text(reals), "real_set": desc,
+               "same_reals_as": ", ".join(shared) or "-"}
+        data.append(row)
+        rows.append([row["generator"], row["dataset"], f"{row['fakes']:,}", row["fake_formats"],
+                     f"{row['reals']:,}", row["real_formats"], desc, row["same_reals_as"]])
+    columns = [Column("test generator", align="l"), Column("dataset", align="l"),
+               Column("fakes", align="r"), Column("fake formats", align="l"),
+               Column("reals", align="r"), Column("real formats", align="l"),
+               Column("real set", align="l"), Column("same reals as", align="l")]
+    caption = ["Pairing of reals with fakes: each test set is its generator's fakes beside the "
+               "reals listed; counts are distinct images (sha1) of the manifests' test split. "
+               "'same reals as': the test sets scored against exactly the same real images.",
+               *ctx.common("pairing")]
+    return Table("pairing", "Pairing of real and fake test images.", caption, columns, rows,
+                 pd.DataFrame(data), formats=("csv", "md"), notes=format_audit(manifests)
+                 if len(manifests) else [])

@@ -33,6 +33,7 @@ def table_files(spec: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     out["unlabelled"] = ("csv", "md")
     out["preprocessing"] = ("csv", "md")
     out["data_card"] = ("csv", "md")
+    out["pairing"] = ("csv", "md")
     out["warnings"] = ("md",)
     return out
 

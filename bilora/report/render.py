@@ -151,7 +151,8 @@ def _build(ctx: Context) -> dict[str, Any]:
     if sweeps:
         built.append(tables.ablation(ctx, sweeps))
     built += [tables.unlabelled(ctx), tables.preprocessing(ctx),
-              card.data_card(ctx, ctx.manifests, ctx.present)]
+              card.data_card(ctx, ctx.manifests, ctx.present),
+              card.pairing(ctx, ctx.manifests)]
     return {"tables": built, "heat": heat, "robustness": rob["accuracy"].data,
             "sweeps": sweeps}
 

@@ -45,11 +45,29 @@ def mean_columns(ctx: Context) -> dict[str, Any]:
     if tsets != tests:
         out[UNSEEN_T] = lambda g: [t for t in tsets if t != g]
         out[ALL_T] = lambda g: list(tsets)
+    if ctx.cross_dataset:
+        for ds, sets in ctx.datasets.items():
+            out[dataset_mean(ds)] = lambda g, sets=sets: [t for t in sets if t != g]
     return out
 
 
+def dataset_mean(dataset: str) -> str:
+    """The label of a matrix row's mean over one dataset's unseen test generators."""
+    return f"mean (unseen, {dataset})"
+
+
 def _means_caption(ctx: Context) -> str:
-    return MEAN_DEFINITIONS + (TRAIN_SET_DEFINITIONS if ctx.train_sets != ctx.test else "")
+    text = MEAN_DEFINITIONS + (TRAIN_SET_DEFINITIONS if ctx.train_sets != ctx.test else "")
+    if ctx.cross_dataset:
+        text += (" mean (unseen, <dataset>): over that dataset's test generators, the row's "
+                 "own left out. Test columns are grouped by the dataset that holds them: " +
+                 "; ".join(f"{ds}: {', '.join(sets)}" for ds, sets in ctx.datasets.items())
+                 + ".")
+    return text
+
+
+def _test_group(ctx: Context, test: str) -> str:
+    return f"test generator ({ctx.dataset_of(test)})" if ctx.cross_dataset else "test generator"
 
 
 # -- 1. train x test matrices ---------------------------------------------------------
@@ -60,7 +78,7 @@ def matrix(ctx: Context, detector: str, metric: str) -> Table:
     miss = "n/a" if detector in res.detectors() else "not run"
     means = mean_columns(ctx)
     columns = [Column("train \\ test", align="l")]
-    columns += [Column(t, group="test generator", name=t) for t in ctx.test]
+    columns += [Column(t, group=_test_group(ctx, t), name=t) for t in ctx.test]
     columns += [Column(m[len("mean ("):-1], group="mean", name=m) for m in means]
     rows, data = [], []
     for g in ctx.train:
@@ -68,18 +86,21 @@ def matrix(ctx: Context, detector: str, metric: str) -> Table:
         for t in ctx.test:
             e = res.mean(metric, detector, [g], [t], missing="not run")
             row.append(e)
-            data.append({"column": t, "kind": "test", "sets": t, "e": e})
+            data.append({"column": t, "kind": "test", "sets": t, "e": e,
+                         "dataset": ctx.dataset_of(t)})
         for m, sets_of in means.items():
             sets = sets_of(g)
             e = res.mean(metric, detector, [g], sets, missing=miss)
             row.append(e)
-            data.append({"column": m, "kind": "mean", "sets": ";".join(sets), "e": e})
+            data.append({"column": m, "kind": "mean", "sets": ";".join(sets), "e": e,
+                         "dataset": ""})
         rows.append(row)
         for d in data[-(len(ctx.test) + len(means)):]:
             d["train"] = g
     frame = pd.DataFrame([{"detector": detector, "label": label, "metric": metric,
                            "train": d["train"], "column": d["column"], "kind": d["kind"],
-                           "sets": d["sets"], **est_columns("", d["e"])} for d in data])
+                           "dataset": d["dataset"], "sets": d["sets"],
+                           **est_columns("", d["e"])} for d in data])
     name = f"{metric}_matrix_{detector}"
     title = (f"{label}: {METRIC_NAMES[metric]} (%) by training generator (rows) and test "
              "generator (columns), clean images.")
@@ -96,6 +117,8 @@ def detectors(ctx: Context) -> Table:
     if ctx.train_sets != ctx.test:
         acc += [("unseen, train sets", "unseen", ctx.train_sets),
                 ("all, train sets", "all", ctx.train_sets)]
+    if ctx.cross_dataset:
+        acc += [(f"unseen, {ds}", "unseen", sets) for ds, sets in ctx.datasets.items()]
     others = ["f1", "auc", "auc_hard", "ap", "pd@5%", "pd@1%", "tpr", "tnr"]
     columns = [Column("detector", align="l")]
     columns += [Column(h, group="accuracy, mean over cells", name=f"accuracy mean ({h})")
@@ -120,11 +143,13 @@ def detectors(ctx: Context) -> Table:
     frame = pd.DataFrame([{"detector": d["detector"], "label": d["label"], "metric": d["metric"],
                            "cells": d["cells"], **est_columns("", d["e"])} for d in data])
     seen_def = "seen: the cells whose test generator is the training one"
+    per_dataset = "; 'unseen, <dataset>' to that dataset's" if ctx.cross_dataset else ""
     caption = [
         f"Means over the train x test cells of each detector (rows {', '.join(ctx.train)}; "
         f"columns {', '.join(ctx.test)}): unseen excludes, all includes the training "
         f"generator's own test set; {seen_def}; 'train sets' restricts the columns to the "
-        "training generators' test sets. AUC: from scores; AUC (hard): from the 0/1 "
+        "training generators' test sets" + per_dataset + ". AUC: from scores; AUC (hard): "
+        "from the 0/1 "
         "predictions, the paper's AUC (= balanced accuracy). AP, PD@5%, PD@1% (probability "
         "of detection at 5 % / 1 % false positives, largest TPR with FPR within the target) "
         "have no interval.", *ctx.caption("detectors")]
