@@ -343,9 +343,13 @@ def _write_lmdb(path: Path, records: dict[bytes, bytes], seed: int) -> None:
     env.close()
 
 
-def _write_genimage(root: Path, seed: int, s: Sizes) -> tuple[dict[str, Path], dict[str, int]]:
+def _write_genimage(root: Path, seed: int, s: Sizes,
+                    folders: dict[str, tuple[str, int]] | None = None
+                    ) -> tuple[dict[str, Path], dict[str, int]]:
+    """GenImage subsets (generator -> (folder, side factor); default GENIMAGE) under
+    ``root``; returns (generator -> folder, generator -> manifest rows)."""
     paths, rows = {}, {}
-    for gen, (rel, factor) in GENIMAGE.items():
+    for gen, (rel, factor) in (folders or GENIMAGE).items():
         sub = root / rel
         n_rows = 0
         for split, n in (("train", s.genimage_train), ("val", s.genimage_val)):
