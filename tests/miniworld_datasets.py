@@ -8,8 +8,9 @@ GenImage and cross-dataset rehearsals (built in a second or two, deterministic p
   the nine generators) and ``real_RAISE_1k.zip`` (``real_RAISE_1k/r<id>t.png``, the same
   ids), PNG on both sides, as Zenodo record 10066460 and the GRIP server hold them;
 * :func:`write_community_forensics`: Hugging Face parquet shards ``data/*.parquet`` whose
-  rows hold the image bytes (``image: {bytes, path}``), ``label``, ``model_name`` and
-  ``image_name``, as ``OwensLab/CommunityForensics-Small`` ships them;
+  rows hold ``image_name``, ``format``, ``resolution``, the image bytes (``image_data``),
+  ``model_name``, ``prompt`` and ``label``, as ``OwensLab/CommunityForensics-Small``
+  ships them (FIELD.md section 3);
 * :func:`write_cnndetection`: CNNDetection's ``test/<g>/{0_real,1_fake}`` and
   ``test/<g>/<category>/{0_real,1_fake}`` trees (the ``folder`` layout).
 """
@@ -92,25 +93,31 @@ def write_community_forensics(root: str | Path, seed: int, size: int = 32,
     import pyarrow.parquet as pq
 
     rows: list[dict[str, Any]] = []
+
+    def row(data: bytes, fmt: str, name: str, model: str, label: int) -> dict[str, Any]:
+        from PIL import Image
+
+        w, h = Image.open(io.BytesIO(data)).size
+        return {"image_name": name, "format": fmt, "resolution": f"{w}x{h}",
+                "image_data": data, "model_name": model, "prompt": "" if label == 0 else
+                "a photo", "label": label}
+
     for g in CF_GENERATORS:
         for i in range(per_generator):
-            name = f"{g.replace('/', '_')}_{i:05d}.png"
-            rows.append({"image": {"bytes": _png(fake_pixels(_rng(seed, "cf", g, i), size,
-                                                             size)), "path": name},
-                         "label": 1, "model_name": g, "image_name": name})
+            data = _png(fake_pixels(_rng(seed, "cf", g, i), size, size))
+            rows.append(row(data, "PNG", f"{g.replace('/', '_')}_{i:05d}.png", g, 1))
     for src in CF_REAL_SOURCES:
         for i in range(reals_per_source):
-            name = f"{src.lower()}_{i:05d}.jpg"
-            rows.append({"image": {"bytes": _jpeg(real_pixels(_rng(seed, "cf", src, i),
-                                                              size + 8, size)), "path": name},
-                         "label": 0, "model_name": src, "image_name": name})
+            data = _jpeg(real_pixels(_rng(seed, "cf", src, i), size + 8, size))
+            rows.append(row(data, "JPEG", f"{src.lower()}_{i:05d}.jpg", src, 0))
     out = Path(root) / "data"
     out.mkdir(parents=True, exist_ok=True)
     for k in range(shards):
         part = rows[k::shards]
         table = pa.Table.from_pylist(part, schema=pa.schema([
-            ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-            ("label", pa.int64()), ("model_name", pa.string()), ("image_name", pa.string())]))
+            ("image_name", pa.string()), ("format", pa.string()), ("resolution", pa.string()),
+            ("image_data", pa.binary()), ("model_name", pa.string()), ("prompt", pa.string()),
+            ("label", pa.int64())]))
         pq.write_table(table, out / f"train-{k:05d}-of-{shards:05d}.parquet")
     return Path(root)
 
