@@ -119,8 +119,9 @@ LAYOUT = Layout(
     summary="Synthbuster: synthbuster/<generator>/r<id>t.png with real_RAISE_1k/ beside it, "
             "test only",
     params=("generators", "splits"),
-    # constraints on the section's own keys (under allOf: not keys the layout brings)
-    schema={"allOf": [{"properties": {
+    # constraints on the section's own keys (under allOf: not keys the layout brings);
+    # splits given (a zenodo section's default, [train, val, test], is Ricker's)
+    schema={"required": ["splits"], "allOf": [{"properties": {
         "generators": {"items": {"enum": list(GENERATORS)}},
         "splits": {"type": ["array", "null"], "items": {"const": "test"}},
     }}]},
