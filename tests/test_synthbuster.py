@@ -8,6 +8,7 @@ import copy
 import hashlib
 import io
 import json
+import re
 import shlex
 import zipfile
 from pathlib import Path
@@ -272,3 +273,29 @@ def test_a_bad_section_names_its_key(change, message):
     change(ds)
     with pytest.raises(C.ConfigError, match=message.replace(".", r"\.")):
         C.validate(cfg, "paper.yaml")
+
+
+@pytest.mark.slow
+def test_the_dag_fetches_extracts_and_organizes_it_without_digest_checks(tmp_path):
+    """A Snakemake dry run of the paper config with the section added: the record and the
+    reals fetched in one job, extracted, organized; no digest check, no LSUN rebuild."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = C.load_yaml(PAPER)
+    cfg["data"]["datasets"]["synthbuster"] = copy.deepcopy(SECTION)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    target = "data/paper/synthbuster/manifest.parquet"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+                          "--directory", str(tmp_path), "-n", target, "--configfile",
+                          str(tmp_path / "c.yaml"), "--printshellcmds"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout[out.stdout.index("Job stats:"):],
+                           re.M))
+    assert jobs == {"fetch_zenodo_record": "1", "extract_archives": "1",
+                    "organize_dataset": "1", "total": "3"}
+    fetch = next(line for line in out.stdout.splitlines() if "bilora.cli fetch-zenodo" in line)
+    assert "--record 10066460" in fetch and "--extra-files" in fetch and REALS in fetch
