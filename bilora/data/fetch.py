@@ -35,10 +35,11 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import urllib3
 from urllib3.exceptions import HTTPError, MaxRetryError, ProtocolError, ReadTimeoutError
@@ -486,7 +487,7 @@ def fetch_zenodo(base_url: str, record: str | int, lock: str | os.PathLike,
                  retry_after_max: float = 600.0, verify_existing: bool = False,
                  chunk: int = 1 << 20, progress: bool = True,
                  http: urllib3.PoolManager | None = None,
-                 extra_files: object = None) -> list[Path]:
+                 extra_files: Mapping[str, Any] | None = None) -> list[Path]:
     """Fetch (or, with ``archives_dir``, verify) a Zenodo record's files into ``dest``.
 
     ``extra_files`` (``{<name>: {url, md5, size}}``, see :func:`parse_extra_files`) are
