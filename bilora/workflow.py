@@ -164,12 +164,27 @@ def figures(cfg: dict[str, Any]) -> list[str]:
 
 def digest_files(cfg: dict[str, Any]) -> list[str]:
     """Every folder-digest check file of the run's datasets."""
-    out = []
-    for name, ds in cfg["data"]["datasets"].items():
-        if ds["source"] == "zenodo":
-            out += [f"{dataset_dir(cfg, name)}/digests/{s}.sha1" for s in ricker_splits(cfg, name)
-                    if ds["check_digests"][s] != "off"]
-    return out
+    return [f"{dataset_dir(cfg, name)}/digests/{s}.sha1"
+            for name in cfg["data"]["datasets"] for s in digest_checks(cfg, name)]
+
+
+def digest_checks(cfg: dict[str, Any], dataset: str) -> dict[str, tuple[str, str]]:
+    """Split -> (expected folder digest, ``error`` or ``warn``) of a Zenodo dataset's digest
+    checks: its layout's published digests (``Layout.digests``, Ricker et al.'s) with the
+    section's ``digests`` and ``check_digests`` over them (default ``error``); none for
+    another source, a layout without published digests, or a check set ``off``."""
+    ds = cfg["data"]["datasets"][dataset]
+    if ds["source"] != "zenodo":
+        return {}
+    from bilora.api.layouts import LAYOUTS, layout_of
+
+    published = LAYOUTS.get(layout_of(ds)).digests
+    if not published:
+        return {}
+    expected = {**published, **ds.get("digests", {})}
+    modes = ds.get("check_digests", {})
+    return {s: (expected[s], modes.get(s, "error")) for s in ricker_splits(cfg, dataset)
+            if modes.get(s, "error") != "off"}
 
 
 def warning_lines(cfg: dict[str, Any]) -> list[str]:
@@ -212,6 +227,8 @@ def fetch_args(cfg: dict[str, Any], dataset: str) -> str:
     args = ["--base-url", z["base_url"], "--record", z["record"], "--lock", lock,
             "--dest", f"{dataset_dir(cfg, dataset)}/archives", "--retries",
             str(z["retries"]), "--files", *z["files"]]
+    if ds.get("extra_files"):
+        args += ["--extra-files", json.dumps(ds["extra_files"], sort_keys=True)]
     if ds["archives_dir"]:
         args += ["--archives-dir", ds["archives_dir"]]
     return shlex.join(args)
@@ -233,9 +250,8 @@ def lsun_args(cfg: dict[str, Any], dataset: str) -> str:
 
 
 def digest_args(cfg: dict[str, Any], dataset: str, split: str) -> str:
-    ds = cfg["data"]["datasets"][dataset]
-    mode = ds["check_digests"][split]
-    args = [f"{raw_dir(cfg, dataset)}/{split}", "--expect", ds["digests"][split]]
+    expected, mode = digest_checks(cfg, dataset)[split]
+    args = [f"{raw_dir(cfg, dataset)}/{split}", "--expect", expected]
     return shlex.join(args + (["--warn-only"] if mode == "warn" else []))
 
 
@@ -254,7 +270,7 @@ def organize_inputs(cfg: dict[str, Any], dataset: str) -> list[str]:
     out = [f"{d}/raw/extract.done.json"]
     if {"train", "val"} & set(splits):
         out.append(f"{d}/raw/lsun_real.done.json")
-    out += [f"{d}/digests/{s}.sha1" for s in splits if ds["check_digests"][s] != "off"]
+    out += [f"{d}/digests/{s}.sha1" for s in digest_checks(cfg, dataset)]
     return out
 
 

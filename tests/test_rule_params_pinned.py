@@ -33,9 +33,8 @@ def rule_params(cfg: dict) -> dict[str, str]:
             out[f"fetch_zenodo_record/{name}"] = W.fetch_args(cfg, name)
             if {"train", "val"} & set(W.ricker_splits(cfg, name)):
                 out[f"rebuild_lsun_real/{name}"] = W.lsun_args(cfg, name)
-            for split in W.ricker_splits(cfg, name):
-                if ds["check_digests"][split] != "off":
-                    out[f"check_split_digest/{name}/{split}"] = W.digest_args(cfg, name, split)
+            for split in W.digest_checks(cfg, name):
+                out[f"check_split_digest/{name}/{split}"] = W.digest_args(cfg, name, split)
         if ds["source"] in ("zenodo", "local"):
             out[f"organize_dataset/{name}"] = W.organize_args(cfg, name)
             out[f"organize_dataset/{name}/input"] = json.dumps(W.organize_inputs(cfg, name))

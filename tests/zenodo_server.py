@@ -5,6 +5,11 @@ It serves ``/api/records/<record>`` (JSON: ``files[].key``, ``.size``,
 ``/api/records/<record>/files/<key>/content`` with HTTP ``Range`` (``bytes=a-`` and
 ``bytes=a-b``; 206 with ``Content-Range``, 416 past the end).
 
+Files beside the record (a dataset's reals hosted elsewhere) are served at
+``/download/<key>``, with the same ``Range`` handling and fault queue, and answer ``HEAD``
+with their ``Content-Length`` (a HEAD consumes a queued ``503``/``429``/``404`` fault, and
+leaves a ``cut`` or ``ignore-range`` to the next GET).
+
 Faults are queued per file and consumed one per request for that file:
 
 ``cut``           promise the whole body, send half of it, hang up
@@ -41,7 +46,9 @@ class Zenodo:
         self.md5_override: dict[str, str] = {}
         self.faults: dict[str, list[str]] = {}  # key -> faults consumed one per request
         self.listing_body: bytes | None = None  # replaces the generated listing
+        self.downloads: dict[str, bytes] = {}  # files beside the record: /download/<key>
         self.log: list[tuple[float, str, dict[str, str]]] = []
+        self.heads: list[str] = []  # paths of HEAD requests
         self.base = ""
 
     def add(self, key: str, data: bytes, *faults: str) -> None:
@@ -51,6 +58,17 @@ class Zenodo:
             raise ValueError(f"unknown faults {unknown}; known: {list(FAULTS)}")
         self.files[key] = data
         self.faults[key] = list(faults)
+
+    def add_download(self, key: str, data: bytes, *faults: str) -> None:
+        """Serve ``data`` at ``/download/<key>``, beside the record (not in its listing)."""
+        unknown = [f for f in faults if f not in FAULTS]
+        if unknown:
+            raise ValueError(f"unknown faults {unknown}; known: {list(FAULTS)}")
+        self.downloads[key] = data
+        self.faults[key] = list(faults)
+
+    def download_url(self, key: str) -> str:
+        return f"{self.base}/download/{key}"
 
     def file_url(self, key: str) -> str:
         return f"{self.base}/api/records/{self.record}/files/{key}/content"
@@ -65,23 +83,45 @@ class Zenodo:
             for k, v in self.files.items()]}).encode()
 
     def requests_for(self, key: str) -> list[tuple[float, str, dict[str, str]]]:
-        return [r for r in self.log if r[1].endswith(f"/files/{key}/content")]
+        return [r for r in self.log if r[1].endswith(f"/files/{key}/content")
+                or r[1] == f"/download/{key}"]
 
 
 def _handler(state: Zenodo) -> type[BaseHTTPRequestHandler]:
     class Handler(QuietHandler):
+        def _file(self) -> tuple[str, bytes | None]:
+            """The key and bytes of the file the path names (None: no such file)."""
+            prefix = f"/api/records/{state.record}/files/"
+            if self.path.startswith(prefix) and self.path.endswith("/content"):
+                key = self.path[len(prefix):-len("/content")]
+                return key, state.files.get(key)
+            if self.path.startswith("/download/"):
+                key = self.path[len("/download/"):]
+                return key, state.downloads.get(key)
+            return "", None
+
+        def do_HEAD(self) -> None:  # noqa: N802 - http.server's name
+            state.heads.append(self.path)
+            key, data = self._file()
+            if data is None:
+                self._send(404, b"not found")
+                return
+            queue = state.faults[key]
+            if queue and queue[0] in ("404", "503", "429"):
+                fault = queue.pop(0)
+                self._send(int(fault), b"fault", {"Retry-After": "1"} if fault == "429" else {})
+                return
+            self._send(200, b"", length=len(data))
+
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             state.log.append((time.monotonic(), self.path, dict(self.headers)))
             if self.path == f"/api/records/{state.record}":
                 self._send(200, state.listing(), {"Content-Type": "application/json"})
                 return
-            prefix = f"/api/records/{state.record}/files/"
-            key = (self.path[len(prefix):-len("/content")]
-                   if self.path.startswith(prefix) and self.path.endswith("/content") else "")
-            if key not in state.files:
+            key, data = self._file()
+            if data is None:
                 self._send(404, b"not found")
                 return
-            data = state.files[key]
             fault = state.faults[key].pop(0) if state.faults[key] else ""
             if fault in ("404", "503", "429"):
                 headers = {"Retry-After": "1"} if fault == "429" else {}

@@ -33,7 +33,10 @@ class Layout:
     fragment a dataset section naming this layout must also satisfy; keys under its
     ``properties`` that the section does not define are added to the section, so a layout
     can bring its own dataset keys (allowed only with that layout); ``licence`` is the
-    images' licence as the data card states it (None: not stated by the layout).
+    images' licence as the data card states it (None: not stated by the layout);
+    ``digests`` are the published folder digests of its extracted ``<root>/<split>``
+    folders, checked after a Zenodo fetch (the section's ``digests`` and
+    ``check_digests`` over them; a layout without them has no digest checks).
     """
 
     mapper: Callable[..., Iterable[Any]]
@@ -43,6 +46,7 @@ class Layout:
     required: tuple[str, ...] = ()
     schema: Mapping[str, Any] = field(default_factory=dict)
     licence: str | None = None
+    digests: Mapping[str, str] = field(default_factory=dict)
 
 
 def layout_of(section: Mapping[str, Any]) -> str:

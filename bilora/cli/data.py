@@ -34,12 +34,19 @@ DIGEST_ALIASES = {"ricker-test": "test", "ricker-train": "train", "ricker-val": 
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from bilora.data.fetch import fetch_zenodo
+    from bilora.data.fetch import FetchError, fetch_zenodo
 
+    extra = None
+    if args.extra_files:
+        try:
+            extra = json.loads(args.extra_files)
+        except ValueError as exc:
+            raise FetchError(f"--extra-files: not JSON ({exc})") from None
     paths = fetch_zenodo(args.base_url, args.record, args.lock, args.dest,
                          archives_dir=args.archives_dir, patterns=args.files,
                          retries=args.retries, backoff_factor=args.backoff_factor,
-                         verify_existing=args.verify_existing, progress=not args.quiet)
+                         verify_existing=args.verify_existing, progress=not args.quiet,
+                         extra_files=extra)
     for p in paths:
         print(p)
     return 0
@@ -170,6 +177,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dest", required=True, help="folder for the downloaded files")
     p.add_argument("--archives-dir", help="folder already holding the files: verify, no download")
     p.add_argument("--files", nargs="+", metavar="PATTERN", help="fnmatch patterns of files")
+    p.add_argument("--extra-files", metavar="JSON",
+                   help='files beside the record, fetched and pinned alike: '
+                   '{"<name>": {"url": ..., "md5": ..., "size": <bytes> or null}}')
     p.add_argument("--retries", type=int, default=5)
     p.add_argument("--backoff-factor", type=float, default=1.0,
                    help="seconds; waits grow as factor * 2**n")

@@ -14,6 +14,10 @@
    ``os.replace``. A wrong checksum removes the ``.part`` file (the next run starts
    over) and raises :class:`FetchError`. Nothing ever sits under a final name unverified.
 
+Files beside the record (a dataset's reals hosted elsewhere: ``extra_files``, each with a
+URL and md5, its size given or learned once with a HEAD request) are pinned in the same
+lock file (``extra_files``, beside the listing) and fetched by the same code.
+
 A user who already has the archives passes ``archives_dir``: they are checked against
 the lock file (size and md5), linked into ``dest``, and nothing is downloaded.
 
@@ -31,10 +35,11 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import urllib3
 from urllib3.exceptions import HTTPError, MaxRetryError, ProtocolError, ReadTimeoutError
@@ -176,10 +181,8 @@ def write_lock(path: str | os.PathLike, base_url: str, record: str | int,
     write_json(path, doc)
 
 
-def read_lock(path: str | os.PathLike, base_url: str | None = None,
-              record: str | int | None = None) -> list[RemoteFile]:
-    """Read a lock file; it must be for the given record (and base URL) when those are given."""
-    path = Path(path)
+def _lock_doc(path: Path) -> dict:
+    """The JSON document of a lock file (any record); FetchError names the file."""
     try:
         doc = json.loads(path.read_text())
     except ValueError as exc:
@@ -189,6 +192,14 @@ def read_lock(path: str | os.PathLike, base_url: str | None = None,
         raise FetchError(f"cannot read lock file {path}: {exc}") from exc
     if not isinstance(doc, dict) or doc.get("version") != LOCK_VERSION:
         raise FetchError(f"lock file {path} is not a version-{LOCK_VERSION} bilora lock file")
+    return doc
+
+
+def read_lock(path: str | os.PathLike, base_url: str | None = None,
+              record: str | int | None = None) -> list[RemoteFile]:
+    """Read a lock file; it must be for the given record (and base URL) when those are given."""
+    path = Path(path)
+    doc = _lock_doc(path)
     if record is not None and str(doc.get("record")) != str(record):
         raise FetchError(f"lock file {path} pins record {doc.get('record')}, not {record}; "
                          "delete it to re-pin")
@@ -214,6 +225,107 @@ def ensure_lock(lock: str | os.PathLike, base_url: str, record: str | int,
             "in archives_dir) and nothing will be downloaded.") from exc
     write_lock(lock, base_url, record, files)
     return files
+
+
+@dataclass(frozen=True)
+class ExtraFile:
+    """A file beside a record (e.g. a dataset's reals hosted elsewhere), as configured:
+    its md5 is given; its size may be unknown (None: learned with a HEAD request, then
+    pinned in the lock file)."""
+
+    key: str
+    url: str
+    md5: str
+    size: int | None = None
+
+
+_EXTRA_FIELDS = ("url", "md5", "size")
+
+
+def parse_extra_files(spec: object, where: str = "extra_files") -> list[ExtraFile]:
+    """``{<file name>: {url, md5, size: int|null}}`` -> ExtraFiles; FetchError names
+    ``where``, the file and the field at fault."""
+    if spec is None:
+        return []
+    if not isinstance(spec, dict):
+        raise FetchError(f"{where}: expected a mapping of file name -> {{url, md5, size}}")
+    out = []
+    for key, entry in spec.items():
+        at = f"{where}.{key}"
+        _check_key(key, where)
+        if not isinstance(entry, dict):
+            raise FetchError(f"{at}: expected a mapping with {', '.join(_EXTRA_FIELDS)}")
+        unknown = sorted(set(entry) - set(_EXTRA_FIELDS))
+        if unknown:
+            raise FetchError(f"{at}: unknown field(s) {unknown}; known: {list(_EXTRA_FIELDS)}")
+        url, md5, size = entry.get("url"), entry.get("md5"), entry.get("size")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise FetchError(f"{at}.url: {url!r} is not a URL")
+        if not isinstance(md5, str) or not _MD5.match(md5.lower()):
+            raise FetchError(f"{at}.md5: {md5!r} is not 32 hex digits")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool)
+                                 or size < 0):
+            raise FetchError(f"{at}.size: {size!r} is not a byte count (or null)")
+        out.append(ExtraFile(key, url, md5.lower(), size))
+    return out
+
+
+def head_size(http: urllib3.PoolManager, url: str) -> int:
+    """The size of the file at ``url``: the Content-Length of a HEAD request (retried)."""
+    try:
+        resp = http.request("HEAD", url, headers={"Accept-Encoding": "identity"})
+    except (MaxRetryError, HTTPError) as exc:
+        raise FetchError(f"HEAD {url} failed after retries: {exc}") from exc
+    if resp.status != 200:
+        raise FetchError(f"HEAD {url}: HTTP {resp.status}; cannot learn the file's size (set "
+                         "its size in extra_files)")
+    length = resp.headers.get("Content-Length")
+    if length is None or not length.isdigit():
+        raise FetchError(f"HEAD {url}: no Content-Length ({length!r}); cannot learn the file's "
+                         "size (set its size in extra_files)")
+    return int(length)
+
+
+def ensure_extra(lock: str | os.PathLike, extras: Sequence[ExtraFile],
+                 http: urllib3.PoolManager, record_keys: Sequence[str] = (),
+                 local_dir: str | os.PathLike | None = None) -> list[RemoteFile]:
+    """The pinned RemoteFiles of ``extras``, from the lock file's ``extra_files`` list
+    (beside the record's listing), pinning those not there yet.
+
+    An unknown size is learned from ``local_dir`` (the user's copy, whose md5 is checked
+    anyway) or with a HEAD request, then pinned, so a later run checks the same size. A
+    pinned entry whose url or md5 (or a given size) differs from ``extras`` is an error.
+    """
+    lock = Path(lock)
+    doc = _lock_doc(lock)
+    pinned = {f.key: f for f in _remote_files(doc["extra_files"], f"lock file {lock}: "
+                                              "extra_files", _lock_fields,
+                                              "; delete it to re-pin")} \
+        if doc.get("extra_files") else {}
+    out, changed = [], False
+    for e in extras:
+        if e.key in record_keys:
+            raise FetchError(f"extra_files.{e.key}: also a file of the Zenodo record")
+        f = pinned.get(e.key)
+        if f is not None:
+            if (f.url, f.md5) != (e.url, e.md5) or e.size not in (None, f.size):
+                raise FetchError(
+                    f"lock file {lock} pins {e.key} as {f.url} (md5 {f.md5}, {f.size} bytes), "
+                    f"not {e.url} (md5 {e.md5}, {e.size} bytes); delete its extra_files entry "
+                    "(or the lock file) to re-pin")
+        else:
+            size = e.size
+            if size is None and local_dir is not None and (Path(local_dir) / e.key).is_file():
+                size = (Path(local_dir) / e.key).stat().st_size
+            if size is None:
+                size = head_size(http, e.url)
+            f = pinned[e.key] = RemoteFile(e.key, size, e.md5, e.url)
+            changed = True
+        out.append(f)
+    if changed:
+        doc["extra_files"] = [asdict(f) for f in pinned.values()]
+        write_json(lock, doc)
+    return out
 
 
 def select(files: Sequence[RemoteFile], patterns: Sequence[str] | None) -> list[RemoteFile]:
@@ -374,17 +486,24 @@ def fetch_zenodo(base_url: str, record: str | int, lock: str | os.PathLike,
                  backoff_factor: float = 1.0, backoff_max: float = 120.0,
                  retry_after_max: float = 600.0, verify_existing: bool = False,
                  chunk: int = 1 << 20, progress: bool = True,
-                 http: urllib3.PoolManager | None = None) -> list[Path]:
+                 http: urllib3.PoolManager | None = None,
+                 extra_files: Mapping[str, Any] | None = None) -> list[Path]:
     """Fetch (or, with ``archives_dir``, verify) a Zenodo record's files into ``dest``.
 
-    Returns the paths in ``dest`` and writes ``dest/fetch.done.json`` listing them.
-    Files already under their final name (placed there only after verification) are
-    trusted unless ``verify_existing``.
+    ``extra_files`` (``{<name>: {url, md5, size}}``, see :func:`parse_extra_files`) are
+    files beside the record, pinned in the same lock file (:func:`ensure_extra`) and
+    fetched or verified the same way. Returns the paths in ``dest`` and writes
+    ``dest/fetch.done.json`` listing them. Files already under their final name (placed
+    there only after verification) are trusted unless ``verify_existing``.
     """
+    extras = parse_extra_files(extra_files)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     http = http or make_pool(retries, backoff_factor, backoff_max, retry_after_max)
-    files = select(ensure_lock(lock, base_url, record, http), patterns)
+    listed = ensure_lock(lock, base_url, record, http)
+    files = select(listed, patterns)
+    if extras:
+        files += ensure_extra(lock, extras, http, [f.key for f in listed], archives_dir)
     paths: list[Path] = []
     if archives_dir is not None:
         archives_dir = Path(archives_dir)

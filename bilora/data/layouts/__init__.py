@@ -7,4 +7,5 @@ LAYOUTS = {
     "folder": "bilora.data.layouts.folder:LAYOUT",
     "genimage": "bilora.data.layouts.genimage:LAYOUT",
     "ricker": "bilora.data.layouts.ricker:LAYOUT",
+    "synthbuster": "bilora.data.layouts.synthbuster:LAYOUT",
 }

@@ -21,6 +21,7 @@ from bilora.data.folders import (
     list_images,
     manifest_path,
 )
+from bilora.data.integrity import RICKER_DIGESTS
 from bilora.data.manifest import Entry
 
 
@@ -70,4 +71,4 @@ def ricker_entries(source: str | os.PathLike, dataset_dir: str | os.PathLike,
 LAYOUT = Layout(mapper=ricker_entries,
                 test_reals="shared LSUN Bedroom test reals (Ricker et al.)",
                 summary="Ricker et al.'s extracted folders", params=("generators", "splits"),
-                required=("generators",))
+                required=("generators",), digests=RICKER_DIGESTS)
