@@ -248,3 +248,59 @@ def test_a_hub_dataset_not_in_the_cache_says_how_to_fetch_it(tmp_path):
     err = out.stderr.strip().splitlines()[-1]
     assert REPO in err and "bilora prefetch" in err
     assert f"huggingface-cli download --repo-type dataset {REPO}" in err
+
+
+def test_prefetch_fills_the_hub_cache_and_organize_reads_it_offline(miniature, tmp_path):
+    """``bilora prefetch`` fetches a hub dataset's parquet shards (only those) from a Hub
+    (:mod:`tests.fake_hub`, on 127.0.0.1); ``organize`` then reads them offline, as from a
+    local copy."""
+    import json
+    import shutil
+
+    from bilora import config as C
+    from bilora.data.hub import dataset_artifacts
+    from tests.fake_hub import Hub, serve
+
+    root, _ = miniature
+    repo = tmp_path / "repo"
+    shutil.copytree(root, repo)
+    (repo / "README.md").write_text("---\nlicense: cc-by-nc-sa-4.0\n---\n")
+    section = {"source": "local", "layout": "community_forensics", "hub": REPO,
+               "generators": [SD2_ID, "biggan"], "per_generator": 2}
+    cfg = C.validate(_config(section), "paper.yaml")
+    wanted = dataset_artifacts(cfg["data"]["datasets"])
+    assert [(a.kind, a.name, a.key) for a in wanted] == [
+        ("hub_dataset", REPO, "data.datasets.community_forensics.hub")]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_OFFLINE", "HF_ENDPOINT", "HF_HUB_CACHE", "HF_TOKEN",
+                        "HUGGINGFACE_HUB_CACHE")}
+    env.update({"HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(ROOT),
+                "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+    spec = json.dumps([{"kind": a.kind, "name": a.name, "key": a.key} for a in wanted])
+    with serve(Hub(datasets={REPO: repo})) as hub:
+        out = subprocess.run([sys.executable, "-m", "bilora.cli", "prefetch", "--spec", spec,
+                              "--out", str(tmp_path / "found.json")], capture_output=True,
+                             text=True, cwd=ROOT, env={**env, "HF_ENDPOINT": hub.base},
+                             timeout=300)
+        assert out.returncode == 0, out.stderr
+        shards = {f"data/{p.name}" for p in (repo / "data").iterdir()}
+        assert hub.content_requested(REPO) == shards  # not README.md
+    found = json.loads((tmp_path / "found.json").read_text())
+    assert found[0]["fetched"] and found[0]["bytes"] == sum(
+        p.stat().st_size for p in (repo / "data").iterdir())
+    args = ["organize", *shlex.split(_workflow_args(cfg)), "--out",
+            str(tmp_path / "m.parquet"), "--quiet"]
+    args[args.index("--dataset-dir") + 1] = str(tmp_path / "d")
+    out = subprocess.run([sys.executable, "-m", "bilora.cli", *args], capture_output=True,
+                         text=True, cwd=ROOT, env={**env, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    df = pd.read_parquet(tmp_path / "m.parquet")
+    local = _organize(root, tmp_path / "local", seed=cfg["seed"])  # as from the local copy
+    assert _picked(df) == _picked(local)
+
+
+def _workflow_args(cfg: dict) -> str:
+    """The workflow's ``bilora organize`` args of the community_forensics section."""
+    from bilora import workflow as W
+
+    return W.organize_args(cfg, "community_forensics")
