@@ -291,10 +291,8 @@ def community_forensics_entries(source: str | os.PathLike | None,
 
 LAYOUT = Layout(
     mapper=community_forensics_entries,
-    test_reals="one seeded sample of per_generator reals drawn from all of Community "
-               "Forensics' reals (their source datasets, e.g. FFHQ, VISION, COCO, Landscapes, "
-               "name their folders images/real/<source>), the same images paired with every "
-               "generator's fakes",
+    test_reals="one seeded sample of Community Forensics' reals (FFHQ, VISION, COCO, "
+               "Landscapes, ...: images/real/<source>), the same for every generator",
     summary="Community Forensics parquet shards (data/*.parquet, local or a hub dataset), a "
             "seeded sample per generator, one split",
     params=("generators", "generator", "per_generator", "hub", "revision", "seed"),
