@@ -19,6 +19,7 @@ Every image goes to one ``split`` (``test``).
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 from collections.abc import Sequence
@@ -190,7 +191,8 @@ def _extract(files: Sequence[Path], starts: list[int], folders: dict[int, str],
         meta = pf.metadata
         for g in range(meta.num_row_groups):
             n = meta.row_group(g).num_rows
-            if any(lo + g_start <= r < lo + g_start + n for r in mine):
+            at = bisect.bisect_left(mine, lo + g_start)  # mine is sorted
+            if at < len(mine) and mine[at] < lo + g_start + n:
                 groups.append(g)
                 first.append(lo + g_start)
             g_start += n
@@ -206,6 +208,7 @@ def _extract(files: Sequence[Path], starts: list[int], folders: dict[int, str],
                         raise SourceError(f"{path}: row {r - lo} holds no image bytes")
                     name = rec.get("image_name") or f"{r:09d}"
                     stem = _UNSAFE.sub("_", os.path.splitext(os.path.basename(str(name)))[0])
+                    stem = stem if stem and not stem.startswith(".") else f"{r:09d}"
                     target = out_dir / folders[r] / f"{stem}{image_extension(data, name)}"
                     if target in taken:  # two sampled rows of one folder share a name
                         target = target.with_name(f"{stem}-{r}{target.suffix}")
