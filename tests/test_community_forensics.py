@@ -207,6 +207,7 @@ def test_the_section_validates_and_reaches_organize_through_the_workflow(miniatu
     assert cfg["data"]["datasets"]["community_forensics"]["per_generator"] == 1000
     root, _ = miniature  # a local copy: path, no hub
     local = {"source": "local", "layout": "community_forensics", "path": str(root),
+             "hub": None,  # as an overlay swapping the hub for a local copy writes it
              "generators": ["biggan", SD2_ID], "per_generator": 2, "test_reals": "own"}
     cfg = C.validate(_config(local), "paper.yaml")
     args = shlex.split(W.organize_args(cfg, "community_forensics"))
@@ -218,6 +219,7 @@ def test_the_section_validates_and_reaches_organize_through_the_workflow(miniatu
 
 @pytest.mark.parametrize("change, culprit", [
     ({"hub": None}, "'path' is a required"),         # neither path nor hub
+    ({"hub": "__null__"}, "'path' is a required"),     # hub: null, no path
     ({"per_generator": 0}, "per_generator"),
     ({"hub": "not a repo id"}, "hub"),
     ({"layout": "folder", "path": "/x"}, "layout"),  # hub: community_forensics's key only
@@ -228,7 +230,7 @@ def test_a_bad_section_is_refused(change, culprit):
     section = {"source": "local", "layout": "community_forensics", "hub": REPO,
                "generators": [SD2_ID]}
     section.update(change)
-    section = {k: v for k, v in section.items() if v is not None}
+    section = {k: None if v == "__null__" else v for k, v in section.items() if v is not None}
     with pytest.raises(C.ConfigError, match="community_forensics") as err:
         C.validate(_config(section), "paper.yaml")
     assert culprit in str(err.value)

@@ -305,10 +305,11 @@ LAYOUT = Layout(
         "per_generator": {"type": "integer", "minimum": 1, "default": DEFAULT_PER_GENERATOR,
                           "description": "community_forensics: fakes sampled per generator, and "
                                          "reals in the one real sample all generators share."},
-        "hub": {"type": "string", "pattern": r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?"
-                                              r"[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        "hub": {"type": ["string", "null"],
+                "pattern": r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*$",
                 "description": "community_forensics: a Hugging Face dataset repo read from the "
-                               "hub cache (fill it: bilora prefetch); path not needed then."},
-        "revision": {"type": "string",
+                               "hub cache (fill it: bilora prefetch); path not needed then (a "
+                               "path given wins; null: none)."},
+        "revision": {"type": ["string", "null"],
                      "description": "community_forensics: the hub dataset's revision."}}},
 )
