@@ -79,8 +79,9 @@ def needed(detectors: dict[str, dict[str, Any]]) -> list[Artifact]:
     return list(out.values()) + released
 
 
-#: Artifact types of the harness itself, not of a kind: released checkpoints.
-HARNESS_TYPES = {"checkpoint": "bilora.checkpoints:CheckpointHandler"}
+#: Artifact types of the harness itself, not of a kind: released checkpoints, hub datasets.
+HARNESS_TYPES = {"checkpoint": "bilora.checkpoints:CheckpointHandler",
+                 "hub_dataset": "bilora.data.hub:HubDatasetHandler"}
 
 
 def handler(artifact_type: str) -> Any:

@@ -298,7 +298,9 @@ def organize_args(cfg: dict[str, Any], dataset: str) -> str:
         args += ["--layout", layout_of(ds), "--source", raw_dir(cfg, dataset),
                  "--generators", *ds["generators"], "--splits", *ricker_splits(cfg, dataset)]
     else:
-        args += ["--layout", ds["layout"], "--source", ds["path"]]
+        args += ["--layout", ds["layout"]]
+        if "path" in ds:  # else the layout's hub key (the schema requires one of them)
+            args += ["--source", ds["path"]]
         if "generator" in ds:
             args += ["--generator", ds["generator"]]
         else:

@@ -1,8 +1,9 @@
-"""A loopback fake of the Hugging Face Hub's HTTP protocol (model repos), for tests.
+"""A loopback fake of the Hugging Face Hub's HTTP protocol (model and dataset repos), for tests.
 
-It serves model repos from local folders (``{repo_id: folder}``), each as one commit whose
-``sha`` is derived from its files, and answers exactly the calls ``huggingface_hub`` (2.x,
-on httpx2) makes for ``snapshot_download`` and ``hf_hub_download``:
+It serves model repos and dataset repos from local folders (``{repo_id: folder}``), each as
+one commit whose ``sha`` is derived from its files, and answers exactly the calls
+``huggingface_hub`` (2.x, on httpx2) makes for ``snapshot_download`` and ``hf_hub_download``
+(a dataset repo's routes are the same under ``/api/datasets/`` and ``/datasets/``):
 
 ``GET /api/models/{repo}/revision/{rev}``         ``repo_info``: ``id``, ``sha``, ``siblings``
 ``GET /api/models/{repo}/tree/{rev}[/{path}]``    ``list_repo_tree``: ``?recursive=``, entries
@@ -55,12 +56,14 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from tests.loopback import QuietHandler, serving
 
 #: Files the Hub stores in LFS (its default ``.gitattributes`` patterns, the ones used here).
-LFS_SUFFIXES = (".safetensors", ".bin", ".msgpack", ".pt", ".pth", ".h5", ".onnx", ".ckpt")
+LFS_SUFFIXES = (".safetensors", ".bin", ".msgpack", ".pt", ".pth", ".h5", ".onnx", ".ckpt",
+                ".parquet")
 FAULTS = ("cut", "503")
 _RANGE = re.compile(r"^\s*bytes=(\d+)-(\d*)\s*$")
-_API = re.compile(r"^/api/models/(?P<repo>[^/]+(?:/[^/]+)?)/(?P<op>revision|tree)/"
-                  r"(?P<rev>[^/]+)(?:/(?P<path>.*))?$")
-_RESOLVE = re.compile(r"^/(?P<repo>[^/]+(?:/[^/]+)?)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
+_API = re.compile(r"^/api/(?P<kind>models|datasets)/(?P<repo>[^/]+(?:/[^/]+)?)/"
+                  r"(?P<op>revision|tree)/(?P<rev>[^/]+)(?:/(?P<path>.*))?$")
+_RESOLVE = re.compile(r"^/(?:(?P<kind>datasets)/)?(?P<repo>[^/]+(?:/[^/]+)?)/resolve/"
+                      r"(?P<rev>[^/]+)/(?P<file>.+)$")
 
 
 @dataclass(frozen=True)
@@ -99,10 +102,11 @@ class RepoFile:
 
 
 class Repo:
-    """A model repo: the files of a folder (read once), at one commit."""
+    """A model (or dataset) repo: the files of a folder (read once), at one commit."""
 
-    def __init__(self, repo_id: str, folder: str | Path) -> None:
+    def __init__(self, repo_id: str, folder: str | Path, dataset: bool = False) -> None:
         self.id = repo_id
+        self.prefix = "/datasets" if dataset else ""  # of its resolve URLs
         root = Path(folder)
         self.files = {p.relative_to(root).as_posix(): RepoFile(p.relative_to(root).as_posix(),
                                                                p.read_bytes())
@@ -119,8 +123,11 @@ class Hub:
     """State of the fake Hub: repos, faults, and a log of requests."""
 
     def __init__(self, repos: dict[str, str | Path] | None = None, page_size: int = 1000,
-                 cdn_host: str = "localhost") -> None:
+                 cdn_host: str = "localhost",
+                 datasets: dict[str, str | Path] | None = None) -> None:
         self.repos = {r: Repo(r, folder) for r, folder in (repos or {}).items()}
+        self.datasets = {r: Repo(r, folder, dataset=True)
+                         for r, folder in (datasets or {}).items()}
         self.page_size = page_size  # the Hub's page: 1000 tree entries
         self.cdn_host = cdn_host
         self.faults: dict[tuple[str, str], list[str]] = {}  # (repo, file) -> faults
@@ -147,18 +154,20 @@ class Hub:
 
     def requests_for(self, repo: str, filename: str) -> list[tuple[str, str, dict[str, str]]]:
         """Requests of ``filename`` of ``repo``: its ``resolve`` HEAD/GETs and CDN GETs."""
-        f = self.repos[repo].files[filename]
-        names = {f"/{repo}/resolve/{r}/{quote(filename)}" for r in ("main", self.repos[repo].sha)}
+        served = self.repos.get(repo) or self.datasets[repo]
+        f = served.files[filename]
+        names = {f"{served.prefix}/{repo}/resolve/{r}/{quote(filename)}"
+                 for r in ("main", served.sha)}
         return [r for r in self.log
                 if urlsplit(r[1]).path in names or r[1].startswith(f"/cdn/{f.sha256}")]
 
     def content_requested(self, repo: str) -> set[str]:
         """The files of ``repo`` whose content was requested (a GET of them)."""
-        return {name for name in self.repos[repo].files
+        return {name for name in (self.repos.get(repo) or self.datasets[repo]).files
                 if any(m == "GET" for m, _, _ in self.requests_for(repo, name))}
 
     def find(self, sha256: str) -> tuple[Repo, RepoFile] | None:
-        for repo in self.repos.values():
+        for repo in [*self.repos.values(), *self.datasets.values()]:
             for f in repo.files.values():
                 if f.lfs and f.sha256 == sha256:
                     return repo, f
@@ -179,9 +188,10 @@ def _handler(state: Hub) -> type[BaseHTTPRequestHandler]:
                        {"Content-Type": "application/json; charset=utf-8",
                         "X-Error-Code": code, "X-Error-Message": message, **(headers or {})})
 
-        def _repo_rev(self, repo_id: str, rev: str) -> Repo | None:
-            """The repo at ``rev``, or None after answering the Hub's 404."""
-            repo = state.repos.get(repo_id)
+        def _repo_rev(self, repo_id: str, rev: str, kind: str | None = None) -> Repo | None:
+            """The repo (a dataset's, ``kind`` ``datasets``) at ``rev``, or None after
+            answering the Hub's 404."""
+            repo = (state.datasets if kind == "datasets" else state.repos).get(repo_id)
             if repo is None:
                 self._error("RepoNotFound", "Repository not found")
                 return None
@@ -213,7 +223,7 @@ def _handler(state: Hub) -> type[BaseHTTPRequestHandler]:
             self._send(status, body, headers)
 
         def _api(self, m: re.Match, query: dict[str, list[str]]) -> None:
-            repo = self._repo_rev(unquote(m["repo"]), m["rev"])
+            repo = self._repo_rev(unquote(m["repo"]), m["rev"], m["kind"])
             if repo is None:
                 return
             if m["op"] == "revision":
@@ -246,7 +256,7 @@ def _handler(state: Hub) -> type[BaseHTTPRequestHandler]:
             self._json(page, headers)
 
         def _resolve(self, m: re.Match) -> None:
-            repo = self._repo_rev(unquote(m["repo"]), m["rev"])
+            repo = self._repo_rev(unquote(m["repo"]), m["rev"], m["kind"])
             if repo is None:
                 return
             name = unquote(m["file"])

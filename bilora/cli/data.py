@@ -106,7 +106,7 @@ def _rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
-_OWN_OPTIONS = ("generator", "generators", "splits", "split_map")  # organize's own flags
+_OWN_OPTIONS = ("generator", "generators", "splits", "split_map", "seed")  # organize's flags
 
 
 def layout_params(layout: str, pairs: list[str] | None) -> dict[str, object]:
@@ -219,7 +219,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("organize", help="map a folder with its layout: the manifest")
     p.add_argument("--layout", required=True, choices=LAYOUTS.names(),
                    help="a registered layout (bilora/data/layouts/)")
-    p.add_argument("--source", required=True)
+    p.add_argument("--source", help="the source folder (a layout with a hub key may read "
+                   "its hub dataset from the hub cache instead: --param hub=ORG/NAME)")
     p.add_argument("--dataset-dir", required=True,
                    help="manifest paths are relative to it when inside it")
     p.add_argument("--generator", help="the one generator of the folder (for layouts that take it)")

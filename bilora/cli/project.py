@@ -64,7 +64,10 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
     if args.spec:
         wanted = [artifacts.Artifact(**a) for a in json.loads(args.spec)]
     else:
-        wanted = artifacts.needed(C.detectors(C.load(args.configfile)))
+        from bilora.data.hub import dataset_artifacts
+
+        cfg = C.load(args.configfile)
+        wanted = artifacts.needed(C.detectors(cfg)) + dataset_artifacts(cfg["data"]["datasets"])
     found = artifacts.prefetch(wanted, check_only=args.check, configfile=args.configfile)
     for f in found:
         how = "fetched" if f["fetched"] else "present"
@@ -104,7 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--detector", required=True)
     s.set_defaults(func=cmd_describe, job=False)
     s = sub.add_parser("prefetch", help="fetch (or, offline, check) every pretrained artifact "
-                       "a config needs (VLM checkpoints, classifier weights, released checkpoints)")
+                       "a config needs (VLM checkpoints, classifier weights, released "
+                       "checkpoints, hub datasets)")
     s.add_argument("--configfile", default=None)
     s.add_argument("--spec", default=None, help="the artifacts as JSON (what the rule passes)")
     s.add_argument("--check", action="store_true",

@@ -19,10 +19,11 @@ from bilora.data.folders import REAL, SourceError, list_images, manifest_path
 from bilora.data.manifest import Entry, build_manifest
 
 
-def layout_entries(layout: str, source: str | os.PathLike, dataset_dir: str | os.PathLike,
-                   **params: Any) -> list[Entry]:
+def layout_entries(layout: str, source: str | os.PathLike | None,
+                   dataset_dir: str | os.PathLike, **params: Any) -> list[Entry]:
     """Map ``source`` with the registered ``layout``: its mapper gets those of ``params``
-    it takes (``Layout.params``) that are not None; one it requires and lacks is an error."""
+    it takes (``Layout.params``) that are not None; one it requires and lacks is an error.
+    Only a layout that takes a ``hub`` key, given one, does without a ``source``."""
     from bilora.api.layouts import LAYOUTS
 
     try:
@@ -34,6 +35,9 @@ def layout_entries(layout: str, source: str | os.PathLike, dataset_dir: str | os
     if missing:
         raise SourceError(f"the {layout} layout needs " + ", ".join(
             f"--{k.replace('_', '-')}" for k in missing))
+    if source is None and not given.get("hub"):
+        raise SourceError(f"the {layout} layout needs --source" + (
+            " (or its hub key: --param hub=...)" if "hub" in spec.params else ""))
     return spec.mapper(source, dataset_dir, **given)
 
 
@@ -60,7 +64,7 @@ def lsun_train_reals(folder: str | os.PathLike, generator: str, dataset_dir: str
     return [Entry(manifest_path(p, dataset_dir), 0, generator, "train") for p in images]
 
 
-def organize(layout: str, source: str | os.PathLike, dataset_dir: str | os.PathLike,
+def organize(layout: str, source: str | os.PathLike | None, dataset_dir: str | os.PathLike,
              max_rejected_fraction: float, out: str | os.PathLike | None = None,
              progress: bool = True, test_reals_from: str | os.PathLike | None = None,
              train_reals_dir: str | os.PathLike | None = None,
@@ -70,7 +74,8 @@ def organize(layout: str, source: str | os.PathLike, dataset_dir: str | os.PathL
     write the dataset's manifest (and rejects.csv).
 
     ``test_reals_from``: the test reals of every generator are the shared real set of that
-    manifest instead of the dataset's own. ``train_reals_dir``: the train reals are a
+    manifest instead of the dataset's own. A layout that samples by itself (its params
+    include ``seed``) gets ``seed`` too. ``train_reals_dir``: the train reals are a
     further LSUN block rebuilt there instead of the dataset's own. ``train_per_class``
     and ``test_fakes_per_generator`` cap the images per class by a seeded sample (with
     ``cap_test_reals``, a dataset's own test reals are capped like its fakes; a shared real
@@ -80,7 +85,7 @@ def organize(layout: str, source: str | os.PathLike, dataset_dir: str | os.PathL
 
     from bilora.data.manifest import sample_entries
 
-    entries = list(layout_entries(layout, source, dataset_dir, **params))
+    entries = list(layout_entries(layout, source, dataset_dir, seed=seed, **params))
     gens = sorted({e.generator for e in entries})
     if test_reals_from is not None:
         entries = [e for e in entries if not (e.split == "test" and e.label == 0)]

@@ -4,6 +4,7 @@ them (``bilora.api.layouts.LAYOUTS``); see docs/adding_a_dataset.md."""
 
 LAYOUTS = {
     "canonical": "bilora.data.layouts.canonical:LAYOUT",
+    "community_forensics": "bilora.data.layouts.community_forensics:LAYOUT",
     "folder": "bilora.data.layouts.folder:LAYOUT",
     "genimage": "bilora.data.layouts.genimage:LAYOUT",
     "ricker": "bilora.data.layouts.ricker:LAYOUT",
