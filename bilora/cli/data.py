@@ -125,7 +125,7 @@ def _organize(args: argparse.Namespace) -> int:
     from bilora.data.folders import parse_split_map
     from bilora.data.local_sources import organize
 
-    df = organize(args.layout, args.source, args.dataset_dir, args.max_rejected_fraction,
+    summary = organize(args.layout, args.source, args.dataset_dir, args.max_rejected_fraction,
                   out=args.out, generator=args.generator,
                   split_map=parse_split_map(args.split_map), generators=args.generators,
                   splits=args.splits, progress=not args.quiet,
@@ -133,7 +133,8 @@ def _organize(args: argparse.Namespace) -> int:
                   train_per_class=args.train_per_class,
                   test_fakes_per_generator=args.test_fakes_per_generator, seed=args.seed,
                   cap_test_reals=args.cap_test_reals, **layout_params(args.layout, args.param))
-    print(f"{len(df)} images in {args.out}")
+    print(f"{summary.rows} images in {args.out}" + (
+        f" ({summary.rejected} rejected: {summary.rejects_path})" if summary.rejected else ""))
     return 0
 
 

@@ -9,7 +9,7 @@ starting with ``.`` (e.g. macOS ``._x.png`` resource forks) are skipped.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from bilora.data.manifest import ManifestError
@@ -30,19 +30,36 @@ def is_image(path: str | os.PathLike) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def iter_image_paths(folder: str | os.PathLike) -> Iterator[Path]:
+    """Image files under ``folder`` (recursive, following links once), streamed one
+    directory at a time: each directory's names are sorted and sub-folders entered in
+    place, so the order is that of sorted paths and only one directory's listing is held
+    per level."""
+    seen: set[str] = set()
+
+    def walk(path: str) -> Iterator[Path]:
+        real = os.path.realpath(path)
+        if real in seen:
+            return
+        seen.add(real)
+        try:
+            with os.scandir(path) as it:
+                items = sorted(((e.name, e.is_dir()) for e in it), key=lambda t: t[0])
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for name, is_dir in items:
+            if is_dir:
+                if not name.startswith("."):
+                    yield from walk(os.path.join(path, name))
+            elif is_image(name):
+                yield Path(path, name)
+
+    yield from walk(os.fspath(folder))
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files under ``folder`` (recursive, following links once), sorted by path."""
-    out: list[Path] = []
-    seen: set[str] = set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        out.extend(Path(root) / f for f in files if is_image(f))
-    return sorted(out)
+    return list(iter_image_paths(folder))
 
 
 def manifest_path(path: str | os.PathLike, dataset_dir: str | os.PathLike) -> str:
