@@ -9,7 +9,7 @@ starting with ``.`` (e.g. macOS ``._x.png`` resource forks) are skipped.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from bilora.data.manifest import ManifestError
@@ -55,6 +55,17 @@ def iter_image_paths(folder: str | os.PathLike) -> Iterator[Path]:
                 yield Path(path, name)
 
     yield from walk(os.fspath(folder))
+
+
+class Listing(Iterable):
+    """A folder's entries as a stream that can be iterated again: each iteration lists
+    the folder anew (``make()``), nothing is held between them."""
+
+    def __init__(self, make: Callable[[], Iterator]) -> None:
+        self._make = make
+
+    def __iter__(self) -> Iterator:
+        return self._make()
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
