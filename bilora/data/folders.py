@@ -75,12 +75,14 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 def manifest_path(path: str | os.PathLike, dataset_dir: str | os.PathLike) -> str:
     """``path`` relative to ``dataset_dir`` (POSIX form) if inside it, else absolute."""
-    path = Path(os.path.abspath(path))
-    base = Path(os.path.abspath(dataset_dir))
-    try:
-        return path.relative_to(base).as_posix()
-    except ValueError:
-        return str(path)
+    path = os.path.abspath(path)
+    base = os.path.abspath(dataset_dir)
+    if path == base:
+        return "."
+    prefix = base if base.endswith(os.sep) else base + os.sep
+    if path.startswith(prefix):
+        return Path(path[len(prefix):]).as_posix() if os.sep != "/" else path[len(prefix):]
+    return path
 
 
 def parse_split_map(text: str | Mapping[str, str] | None) -> dict[str, str]:

@@ -10,6 +10,7 @@ manifest decodes every image; files that fail are listed with their reason in
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import heapq
 import io
@@ -67,6 +68,7 @@ def _ijg_table(quality: int) -> np.ndarray:
 
 
 _IJG_TABLES = np.stack([_ijg_table(q) for q in range(1, 101)])
+_IJG_SORTED = np.sort(_IJG_TABLES, axis=1)
 
 
 def jpeg_quality(img: Image.Image) -> float:
@@ -78,8 +80,13 @@ def jpeg_quality(img: Image.Image) -> float:
     tables = getattr(img, "quantization", None)
     if not tables or 0 not in tables or len(tables[0]) != 64:
         return float("nan")
-    luma = np.sort(np.asarray(tables[0], dtype=float))  # order-free: zig-zag or natural
-    err = np.abs(np.sort(_IJG_TABLES, axis=1) - luma).sum(axis=1)
+    return _nearest_quality(tuple(tables[0]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _nearest_quality(table: tuple[int, ...]) -> float:
+    luma = np.sort(np.asarray(table, dtype=float))  # order-free: zig-zag or natural
+    err = np.abs(_IJG_SORTED - luma).sum(axis=1)
     return float(np.argmin(err) + 1)
 
 
@@ -112,7 +119,8 @@ def inspect_image(path: str | os.PathLike, data: bytes | None = None
 def _read(path: str | os.PathLike) -> tuple[bytes, str | None]:
     """A file's bytes, or the reason it cannot be read."""
     try:
-        return Path(path).read_bytes(), None
+        with open(path, "rb") as fh:
+            return fh.read(), None
     except FileNotFoundError:
         return b"", "missing file"
     except OSError as exc:  # a folder, no permission: a reason, not a crash
@@ -351,13 +359,14 @@ def build_manifest(
                 for e in tqdm(entries, desc=f"manifest {dataset_dir.name}",
                               disable=not progress, unit="img"):
                     n_entries += 1
-                    data, reason = _read(resolve_path(dataset_dir, e.path))
+                    full = e.path if os.path.isabs(e.path) else os.path.join(dataset_dir, e.path)
+                    data, reason = _read(full)
                     digest = hashlib.sha1(data).digest() if not reason else b""
                     i = known.index.get(digest) if data else None
                     if i is not None:  # these bytes decoded before: the same result
                         info = known.info(i)
                     elif not reason:
-                        reason, info, _ = inspect_image(resolve_path(dataset_dir, e.path), data)
+                        reason, info, _ = inspect_image(full, data)
                     if reason:
                         rej.writerow([e.path, e.generator, e.split, reason])
                         n_rejected += 1
