@@ -119,6 +119,17 @@ def test_a_manifest_written_in_chunks_is_the_one_written_at_once(genimage, tmp_p
     assert one.counts == chunked.counts and one.counts[("ADM", "train", 1)] == 1
 
 
+def test_worker_processes_write_the_same_manifest(genimage, tmp_path):
+    one = organize("genimage", genimage, tmp_path / "one" / "gi", 0.0, progress=False,
+                   generators=["SD14", "ADM"])
+    (genimage / PUBLISHED["ADM"] / "val" / "ai" / "broken.png").write_bytes(b"not a png")
+    two = organize("genimage", genimage, tmp_path / "two" / "gi", 0.1, progress=False,
+                   generators=["SD14", "ADM"], workers=2)
+    assert (two.rows, two.rejected) == (one.rows, 1)
+    pd.testing.assert_frame_equal(one.frame(), two.frame())
+    assert "cannot identify" in pd.read_csv(two.rejects_path).reason[0]
+
+
 def test_sampling_is_deterministic_seeded_and_order_free():
     entries = [Entry(f"g/{i:04d}.png", 1, "G", "train") for i in range(200)]
     entries += [Entry(f"Real/{i:04d}.png", 0, g, "test") for g in ("A", "B") for i in range(50)]

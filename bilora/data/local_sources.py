@@ -79,7 +79,7 @@ def organize(layout: str, source: str | os.PathLike, dataset_dir: str | os.PathL
              train_reals_dir: str | os.PathLike | None = None,
              train_per_class: int | None = None, test_fakes_per_generator: int | None = None,
              seed: int = 0, cap_test_reals: bool = False, chunk_rows: int = CHUNK_ROWS,
-             **params: Any) -> ManifestSummary:
+             workers: int = 1, **params: Any) -> ManifestSummary:
     """Map ``source`` with ``layout`` (given its ``params``: :func:`layout_entries`) and
     write the dataset's manifest (and rejects.csv); returns its :class:`ManifestSummary`.
 
@@ -89,7 +89,8 @@ def organize(layout: str, source: str | os.PathLike, dataset_dir: str | os.PathL
     and ``test_fakes_per_generator`` cap the images per class by a seeded sample (with
     ``cap_test_reals``, a dataset's own test reals are capped like its fakes; a shared real
     set is never capped); the sample is recorded in the manifest. The folder's listing is
-    streamed (listed twice when a cap is set: :func:`sample_stream`), never held whole.
+    streamed (listed twice when a cap is set: :func:`sample_stream`), never held whole;
+    ``workers`` processes decode the images (:func:`build_manifest`).
     """
     import logging
 
@@ -131,4 +132,4 @@ def organize(layout: str, source: str | os.PathLike, dataset_dir: str | os.PathL
 
     return build_manifest(dataset_dir, stream, max_rejected_fraction, out=out,
                           progress=progress, verified=verified, sampling=notes,
-                          chunk_rows=chunk_rows)
+                          chunk_rows=chunk_rows, workers=workers)

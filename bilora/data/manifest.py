@@ -296,6 +296,7 @@ def build_manifest(
     verified: pd.DataFrame | Callable[[], pd.DataFrame | None] | None = None,
     sampling: list[dict] | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    workers: int = 1,
 ) -> ManifestSummary:
     """Decode and hash every entry, write the manifest and its rejects file atomically.
 
@@ -310,6 +311,7 @@ def build_manifest(
     rows (taken from another manifest, with absolute paths: a shared real set; or a
     function returning them, called after the entries are read) are added as they are.
     ``sampling`` records (from :class:`Sampler`) go into the manifest's metadata.
+    ``workers`` > 1 reads, hashes and decodes in that many processes (same manifest).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -356,17 +358,11 @@ def build_manifest(
             rej.writerow(REJECT_COLUMNS)
             writer = pq.ParquetWriter(tmp_out, schema)
             try:
-                for e in tqdm(entries, desc=f"manifest {dataset_dir.name}",
-                              disable=not progress, unit="img"):
+                checked = _checked(tqdm(entries, desc=f"manifest {dataset_dir.name}",
+                                        disable=not progress, unit="img"),
+                                   dataset_dir, known, workers)
+                for e, reason, digest, info in checked:
                     n_entries += 1
-                    full = e.path if os.path.isabs(e.path) else os.path.join(dataset_dir, e.path)
-                    data, reason = _read(full)
-                    digest = hashlib.sha1(data).digest() if not reason else b""
-                    i = known.index.get(digest) if data else None
-                    if i is not None:  # these bytes decoded before: the same result
-                        info = known.info(i)
-                    elif not reason:
-                        reason, info, _ = inspect_image(full, data)
                     if reason:
                         rej.writerow([e.path, e.generator, e.split, reason])
                         n_rejected += 1
@@ -398,6 +394,47 @@ def build_manifest(
                 f"in {rejects_path}")
     return ManifestSummary(out, n_rows, n_entries, n_rejected, rejects_path,
                            {k: v for k, v in counts.items() if v})
+
+
+def _check_file(full: str) -> tuple[str | None, bytes, dict]:
+    """Read, hash and decode one file (in a worker): (reason or None, sha1, info)."""
+    data, reason = _read(full)
+    if reason:
+        return reason, b"", {}
+    reason, info, _ = inspect_image(full, data)
+    return reason, hashlib.sha1(data).digest(), info
+
+
+def _checked(entries: Iterable[Entry], dataset_dir: Path, known: _Known, workers: int
+             ) -> Iterator[tuple[Entry, str | None, bytes, dict]]:
+    """Each entry with (reason it is rejected or None, sha1, info), in order. In one
+    process, bytes already decoded (``known``) are hashed, not decoded again; with
+    ``workers`` processes, a bounded batch at a time is read, hashed and decoded by them."""
+    def full(e: Entry) -> str:
+        return e.path if os.path.isabs(e.path) else os.path.join(dataset_dir, e.path)
+
+    if workers <= 1:
+        for e in entries:
+            path = full(e)
+            data, reason = _read(path)
+            digest = hashlib.sha1(data).digest() if not reason else b""
+            i = known.index.get(digest) if data else None
+            if i is not None:  # these bytes decoded before: the same result
+                yield e, None, digest, known.info(i)
+                continue
+            if not reason:
+                reason, info, _ = inspect_image(path, data)
+            yield e, reason, digest, (info if not reason else {})
+        return
+    import itertools
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        it = iter(entries)
+        while batch := list(itertools.islice(it, workers * 512)):
+            results = pool.map(_check_file, [full(e) for e in batch], chunksize=64)
+            for e, (reason, digest, info) in zip(batch, results, strict=True):
+                yield e, reason, digest, info
 
 
 def _drop_conflicts(path: Path, conflicts: set[str], rej, schema
