@@ -167,7 +167,7 @@ def test_streamed_listing_is_the_sorted_listing(tmp_path):
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"x")
     os.symlink(tmp_path / "a", tmp_path / "a" / "b" / "loop")  # followed once
-    got = list(iter_image_paths(tmp_path))
+    got = [Path(p) for p in iter_image_paths(tmp_path)]
     assert got == list_images(tmp_path) == sorted(got)
     assert [p.relative_to(tmp_path).as_posix() for p in got] == [
         "B.png", "a/b/c.PNG", "a/z.webp", "a.png", "b/10.jpg", "b/2.png"]

@@ -30,11 +30,12 @@ def is_image(path: str | os.PathLike) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def iter_image_paths(folder: str | os.PathLike) -> Iterator[Path]:
+def iter_image_paths(folder: str | os.PathLike) -> Iterator[str]:
     """Image files under ``folder`` (recursive, following links once), streamed one
     directory at a time: each directory's names are sorted and sub-folders entered in
     place, so the order is that of sorted paths and only one directory's listing is held
-    per level."""
+    per level. Plain strings (``folder`` joined with the names): a ``Path`` per file
+    would intern every file name for good (pathlib), memory growing with the listing."""
     seen: set[str] = set()
 
     def walk(path: str) -> Iterator[Path]:
@@ -52,7 +53,7 @@ def iter_image_paths(folder: str | os.PathLike) -> Iterator[Path]:
                 if not name.startswith("."):
                     yield from walk(os.path.join(path, name))
             elif is_image(name):
-                yield Path(path, name)
+                yield os.path.join(path, name)
 
     yield from walk(os.fspath(folder))
 
@@ -70,7 +71,7 @@ class Listing(Iterable):
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files under ``folder`` (recursive, following links once), sorted by path."""
-    return list(iter_image_paths(folder))
+    return [Path(p) for p in iter_image_paths(folder)]
 
 
 def manifest_path(path: str | os.PathLike, dataset_dir: str | os.PathLike) -> str:
