@@ -49,7 +49,7 @@ def _dataset(tmp_path, n_good: int = 40):
 def test_rejects_list_each_bad_image_with_a_reason(tmp_path):
     src, entries = _dataset(tmp_path)
     assert len(entries) == 40 + len(BAD)
-    df = build_manifest(src, entries, max_rejected_fraction=0.5, progress=False)
+    df = build_manifest(src, entries, max_rejected_fraction=0.5, progress=False).frame()
     rejects = pd.read_csv(src / "rejects.csv")
     assert sorted(os.path.basename(p) for p in rejects.path) == sorted(BAD)
     for row in rejects.itertuples():

@@ -40,7 +40,7 @@ def cnndetection(tmp_path) -> Path:
 
 
 def test_flat_and_category_trees_map_to_their_top_folder(cnndetection, tmp_path):
-    df = organize("folder", cnndetection, tmp_path / "d", 0.0, progress=False)
+    df = organize("folder", cnndetection, tmp_path / "d", 0.0, progress=False).frame()
     counts = df.groupby(["generator", "label"]).size()
     for gen in FLAT:  # 2 reals, 3 fakes each
         assert (counts[gen, 0], counts[gen, 1]) == (2, 3)

@@ -129,11 +129,25 @@ def test_every_module_of_the_layouts_folder_is_registered():
         assert set(spec.required) <= set(spec.params), name
 
 
-def test_a_layouts_required_params_are_checked_by_the_schema():
+def test_a_layouts_required_params_are_checked_by_the_schema(register):
+    name = register("needs_generator", "from dataclasses import replace\n"
+                    "from bilora.data.layouts.canonical import LAYOUT as CANONICAL\n"
+                    "LAYOUT = replace(CANONICAL, required=('generator',))\n")
     cfg = C.load_yaml(PAPER)
     ds = cfg["data"]["datasets"]["genimage_sd14"]
-    ds["generators"] = [ds.pop("generator")]  # genimage needs its one generator
+    ds["layout"] = name
+    ds["generators"] = [ds.pop("generator")]  # this layout needs its one generator
     with pytest.raises(C.ConfigError, match="genimage_sd14: 'generator' is a required"):
+        C.validate(cfg, "paper.yaml")
+
+
+def test_genimage_takes_one_generator_or_the_published_ids():
+    cfg = C.load_yaml(PAPER)
+    ds = cfg["data"]["datasets"]["genimage_sd14"]
+    ds["generators"] = [ds.pop("generator")]  # GenImage in full, one of its published ids
+    C.validate(copy.deepcopy(cfg), "paper.yaml")
+    ds["generators"] = ["SD14", "DALLE"]
+    with pytest.raises(C.ConfigError, match=r"genimage_sd14.generators.1: 'DALLE' is not one"):
         C.validate(cfg, "paper.yaml")
 
 

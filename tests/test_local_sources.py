@@ -151,9 +151,9 @@ def test_ricker_shares_the_real_test_folder(tmp_path, monkeypatch):
     calls: list[str] = []
     real_inspect = manifest_mod.inspect_image
     monkeypatch.setattr(manifest_mod, "inspect_image",
-                        lambda p: calls.append(str(p)) or real_inspect(p))
+                        lambda p, *a: calls.append(str(p)) or real_inspect(p, *a))
     df = organize("ricker", dataset_dir / "raw", dataset_dir, 0.0, generators=GENS,
-                  progress=False)
+                  progress=False).frame()
     shared = df[df.path.str.contains("/test/Real/")]
     assert len(shared) == 6 and set(shared.generator) == set(GENS)
     assert shared.groupby("path").sha1.nunique().eq(1).all()

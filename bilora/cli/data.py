@@ -132,15 +132,17 @@ def _organize(args: argparse.Namespace) -> int:
     from bilora.data.folders import parse_split_map
     from bilora.data.local_sources import organize
 
-    df = organize(args.layout, args.source, args.dataset_dir, args.max_rejected_fraction,
-                  out=args.out, generator=args.generator,
-                  split_map=parse_split_map(args.split_map), generators=args.generators,
-                  splits=args.splits, progress=not args.quiet,
-                  test_reals_from=args.test_reals_from, train_reals_dir=args.train_reals_dir,
-                  train_per_class=args.train_per_class,
-                  test_fakes_per_generator=args.test_fakes_per_generator, seed=args.seed,
-                  cap_test_reals=args.cap_test_reals, **layout_params(args.layout, args.param))
-    print(f"{len(df)} images in {args.out}")
+    summary = organize(args.layout, args.source, args.dataset_dir, args.max_rejected_fraction,
+                       out=args.out, generator=args.generator,
+                       split_map=parse_split_map(args.split_map), generators=args.generators,
+                       splits=args.splits, progress=not args.quiet,
+                       test_reals_from=args.test_reals_from, train_reals_dir=args.train_reals_dir,
+                       train_per_class=args.train_per_class,
+                       test_fakes_per_generator=args.test_fakes_per_generator, seed=args.seed,
+                       cap_test_reals=args.cap_test_reals, workers=args.workers,
+                       **layout_params(args.layout, args.param))
+    print(f"{summary.rows} images in {args.out}" + (
+        f" ({summary.rejected} rejected: {summary.rejects_path})" if summary.rejected else ""))
     return 0
 
 
@@ -244,6 +246,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a layout's own key (its dataset-section key of that name; VALUE is "
                    "JSON or a string), e.g. --param split=val; repeatable")
     p.add_argument("--out", required=True, help="manifest parquet to write")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes that read, hash and decode the images (default 1)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_organize)
 

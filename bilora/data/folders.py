@@ -9,7 +9,7 @@ starting with ``.`` (e.g. macOS ``._x.png`` resource forks) are skipped.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from bilora.data.manifest import ManifestError
@@ -30,29 +30,60 @@ def is_image(path: str | os.PathLike) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def iter_image_paths(folder: str | os.PathLike) -> Iterator[str]:
+    """Image files under ``folder`` (recursive, following links once), streamed one
+    directory at a time: each directory's names are sorted and sub-folders entered in
+    place, so the order is that of sorted paths and only one directory's listing is held
+    per level. Plain strings (``folder`` joined with the names): a ``Path`` per file
+    would intern every file name for good (pathlib), memory growing with the listing."""
+    seen: set[str] = set()
+
+    def walk(path: str) -> Iterator[Path]:
+        real = os.path.realpath(path)
+        if real in seen:
+            return
+        seen.add(real)
+        try:
+            with os.scandir(path) as it:
+                items = sorted(((e.name, e.is_dir()) for e in it), key=lambda t: t[0])
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for name, is_dir in items:
+            if is_dir:
+                if not name.startswith("."):
+                    yield from walk(os.path.join(path, name))
+            elif is_image(name):
+                yield os.path.join(path, name)
+
+    yield from walk(os.fspath(folder))
+
+
+class Listing(Iterable):
+    """A folder's entries as a stream that can be iterated again: each iteration lists
+    the folder anew (``make()``), nothing is held between them."""
+
+    def __init__(self, make: Callable[[], Iterator]) -> None:
+        self._make = make
+
+    def __iter__(self) -> Iterator:
+        return self._make()
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files under ``folder`` (recursive, following links once), sorted by path."""
-    out: list[Path] = []
-    seen: set[str] = set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        out.extend(Path(root) / f for f in files if is_image(f))
-    return sorted(out)
+    return [Path(p) for p in iter_image_paths(folder)]
 
 
 def manifest_path(path: str | os.PathLike, dataset_dir: str | os.PathLike) -> str:
     """``path`` relative to ``dataset_dir`` (POSIX form) if inside it, else absolute."""
-    path = Path(os.path.abspath(path))
-    base = Path(os.path.abspath(dataset_dir))
-    try:
-        return path.relative_to(base).as_posix()
-    except ValueError:
-        return str(path)
+    path = os.path.abspath(path)
+    base = os.path.abspath(dataset_dir)
+    if path == base:
+        return "."
+    prefix = base if base.endswith(os.sep) else base + os.sep
+    if path.startswith(prefix):
+        return Path(path[len(prefix):]).as_posix() if os.sep != "/" else path[len(prefix):]
+    return path
 
 
 def parse_split_map(text: str | Mapping[str, str] | None) -> dict[str, str]:

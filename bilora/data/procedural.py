@@ -214,4 +214,4 @@ def make_dataset(spec: ProceduralSpec, dataset_dir: str | os.PathLike,
     real_rels = [j[0] for j in jobs if j[2] == "Real"]
     for gen in spec.generators:
         entries.extend(Entry(rel, 0, gen, "test") for rel in real_rels)
-    return build_manifest(out, entries, max_rejected_fraction, progress=progress)
+    return build_manifest(out, entries, max_rejected_fraction, progress=progress).frame()
