@@ -323,9 +323,10 @@ def organize_args(cfg: dict[str, Any], dataset: str) -> str:
 
 
 def layout_param_args(ds: dict[str, Any]) -> list[str]:
-    """``--param KEY=JSON`` for each dataset key a layout brings (its schema properties)."""
-    from bilora.api.layouts import LAYOUTS, layout_of
+    """``--param KEY=JSON`` for each dataset key a layout brings (its schema properties)
+    that organize has no flag of its own for."""
+    from bilora.api.layouts import LAYOUTS, ORGANIZE_OPTIONS, layout_of
 
     own = LAYOUTS.get(layout_of(ds)).schema.get("properties", {})
-    return [a for key in own if key in ds
+    return [a for key in own if key in ds and key not in ORGANIZE_OPTIONS
             for a in ("--param", f"{key}={json.dumps(ds[key], sort_keys=True)}")]

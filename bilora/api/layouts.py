@@ -17,6 +17,8 @@ from typing import Any
 from bilora.api.plugins import Registry
 
 LAYOUTS = Registry("dataset layout", "LAYOUTS", ("bilora.data.layouts",))
+#: Layout params that ``bilora organize`` has a flag of its own for (not ``--param``).
+ORGANIZE_OPTIONS = ("generator", "generators", "splits", "split_map", "seed")
 
 
 @dataclass(frozen=True)

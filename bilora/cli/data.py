@@ -106,7 +106,6 @@ def _rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
-_OWN_OPTIONS = ("generator", "generators", "splits", "split_map", "seed")  # organize's flags
 
 
 def layout_params(layout: str, pairs: list[str] | None) -> dict[str, object]:
@@ -114,7 +113,9 @@ def layout_params(layout: str, pairs: list[str] | None) -> dict[str, object]:
     KEY must be one of the layout's params that has no flag of its own."""
     import json
 
-    taken = [k for k in LAYOUTS.get(layout).params if k not in _OWN_OPTIONS]
+    from bilora.api.layouts import ORGANIZE_OPTIONS
+
+    taken = [k for k in LAYOUTS.get(layout).params if k not in ORGANIZE_OPTIONS]
     out: dict[str, object] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
