@@ -46,7 +46,9 @@ sys.path.insert(0, str(ROOT))
 from bilora.data.layouts.genimage import PUBLISHED  # noqa: E402 - after the checkout is on the path
 from bilora.data.manifest import CHUNK_ROWS  # noqa: E402
 
-GENIMAGE_FILES = 1_350_000
+# GenImage in full (Zhu et al., 2023): 1,350,000 fakes and 1,281,167 ImageNet reals (each
+# generator folder holds its own reals): ~1.35M image pairs, ~2.63M files
+GENIMAGE_FILES = 1_350_000 + 1_281_167
 ASSUMED_KB = 250.0  # assumed mean GenImage file size (KB), for the projection only
 RATIO_TARGET = 0.7
 RSS_TARGET = 2**30
