@@ -467,6 +467,7 @@ def _drop_conflicts(path: Path, conflicts: set[str], rej, schema
             table = src.read_row_group(i)
             writer.write_table(table.filter(pc.invert(pc.is_in(table.column("sha1"),
                                                                  value_set=wanted))))
+    src.close()
     os.replace(tmp, path)
     return [(r["generator"], r["split"], r["label"]) for r in hits]
 

@@ -14,7 +14,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from bilora.api.layouts import Layout
-from bilora.data.folders import FAKE, REAL, SPLITS, SourceError, list_images, manifest_path
+from bilora.data.folders import (
+    FAKE,
+    REAL,
+    SPLITS,
+    SourceError,
+    iter_image_paths,
+    manifest_path,
+)
 from bilora.data.manifest import Entry
 
 EXPECTED = "<G>/{0_real,1_fake} or <G>/<category>/{0_real,1_fake}"
@@ -67,7 +74,7 @@ def folder_entries(source: str | os.PathLike, dataset_dir: str | os.PathLike,
     for gen in wanted:
         count = 0
         for folder, label in _label_folders(root / gen):
-            for path in list_images(folder):
+            for path in iter_image_paths(folder):
                 count += 1
                 yield Entry(manifest_path(path, dataset_dir), label, gen, split)
         if not count:
