@@ -3,7 +3,8 @@
 The corpus (1x1, 1 pixel high or wide, 3000x17, grey, 16-bit, CMYK, palette with
 transparency, LA, RGBA, animated GIF and WebP, TIFF, BMP, upper-case extensions, a
 non-ASCII name) is written by the test, in a CNNDetection-style folder, as real and as
-fake images of the test split, beside ordinary training images.
+fake images of the test split (the fakes with bytes appended after the image's end, so the
+two copies differ), beside ordinary training images.
 """
 
 import json
@@ -43,6 +44,10 @@ def corpus(tmp_path_factory):
         (src / "test" / folder).mkdir(parents=True)
         for name, path, _, _ in cases:
             shutil.copy(path, src / "test" / folder / name)
+            if folder == "1_fake":  # other bytes, the same image: the same file as real and
+                # as fake would be rejected on both sides (a cross-label duplicate)
+                with open(src / "test" / folder / name, "ab") as f:
+                    f.write(b"\0trailing bytes after the image's end")
     return root, src, [c[0] for c in cases]
 
 
