@@ -632,3 +632,18 @@ def test_cross_dataset_columns_pairing_and_format_audit(run, tmp_path):
     single = pd.read_csv(d / "tables" / "accuracy_matrix_bilora.csv")
     assert set(single["column"]) == {"G1", "G2", "G3", "mean (unseen)", "mean (all)",
                                      "mean (unseen, train sets)", "mean (all, train sets)"}
+
+
+def test_pairing_says_every_other_set_when_all_share_their_reals(run):
+    """Three test sets scored against one real set: 'every other test set', not a list."""
+    from bilora.report.data_card import pairing
+
+    shared = frozenset({"r0", "r1"})
+    ctx = _ctx(run, real_sets={g: "shared reals" for g in TEST})
+    ctx.real_sets = {g: ("shared reals", 2, shared) for g in TEST}
+    rows = pd.DataFrame([{"dataset": "ds", "split": "test", "label": lab, "generator": g,
+                          "sha1": f"{g}{i}" if lab else f"r{i}", "format": "PNG"}
+                         for g in TEST for lab in (0, 1) for i in range(2)])
+    frame = pairing(ctx, rows).data.set_index("generator")
+    assert (frame["same_reals_as"] == "every other test set").all()
+    assert (frame["reals"] == 2).all() and (frame["fakes"] == 2).all()

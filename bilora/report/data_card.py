@@ -219,7 +219,9 @@ def pairing(ctx: Context, manifests: pd.DataFrame) -> Table:
         row = {"generator": t, "dataset": ds or "n/a", "fakes": len(fakes),
                "fake_formats": _formats_text(fakes), "reals": len(reals),
                "real_formats": _formats_text(reals), "real_set": desc,
-               "same_reals_as": ", ".join(shared) or "-"}
+               "same_reals_as": ("every other test set" if len(ctx.test) > 2
+                                 and len(shared) == len(ctx.test) - 1
+                                 else ", ".join(shared) or "-")}
         data.append(row)
         rows.append([row["generator"], row["dataset"], f"{row['fakes']:,}", row["fake_formats"],
                      f"{row['reals']:,}", row["real_formats"], desc, row["same_reals_as"]])
