@@ -75,8 +75,12 @@ class ClipDetector(Detector):
     def pixels(self, images: torch.Tensor) -> torch.Tensor:
         """CLIP's input: uint8 NCHW at ``input_size`` (brought there by ``input_fit`` when the
         loader did not), /255, CLIP mean and std."""
+        x = self._fit(images.to(self.device), 255)
+        return self._normalise(x.float() / 255.0)
+
+    def _fit(self, x: torch.Tensor, top: float) -> torch.Tensor:
+        """Images (values 0 .. ``top``) at ``input_size``: as they are, or by ``input_fit``."""
         size = self.input_size
-        x = images.to(self.device)
         if x.shape[-2:] != (size, size):
             if self.input_fit == "crop":
                 from torchvision.transforms.functional import center_crop
@@ -84,13 +88,22 @@ class ClipDetector(Detector):
                 x = center_crop(x, [size, size])
             else:
                 x = F.interpolate(x.float(), size=(size, size), mode="bicubic",
-                                  align_corners=False, antialias=True).clamp(0, 255)
-        x = x.float() / 255.0
+                                  align_corners=False, antialias=True).clamp(0, top)
+        return x
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """CLIP mean and std of float images in [0, 1], in the tower's dtype."""
         return ((x - self.mean) / self.std).to(self.dtype)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The projected image embedding (OpenAI CLIP's ``encode_image``), float32."""
         return self.tower(pixel_values=self.pixels(images)).image_embeds.float()
+
+    def pixel_margin(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The head's logit (P(fake) is its sigmoid) through the tower, in its dtype."""
+        x = self._normalise(self._fit(pixels.to(self.device, torch.float32), 1.0))
+        embeds = self.tower(pixel_values=x).image_embeds.float()
+        return self.head(embeds)[:, 0]
 
     def head_loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = self.head(x.to(self.device).float())[:, 0]

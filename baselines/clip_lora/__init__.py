@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from baselines import _clip
-from bilora.api.kinds import Cost, Kind
+from bilora.api.kinds import Cost, Kind, white_box_always
 
 
 def _cost(section: dict[str, Any]) -> Cost:
@@ -27,6 +27,7 @@ KIND = Kind(
                    "bias": "none"},
           "train": {"epochs": 1, "batch_size": 8, "lr": 1e-2}, "eval": {"batch_size": 8}},
     check="baselines.clip_lora:check_section",
+    white_box=white_box_always,
     **_clip.spec_fields(),
 )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bilora.api.kinds import Cost, Kind, yaml_schema
+from bilora.api.kinds import Cost, Kind, white_box_always, yaml_schema
 
 PARAMETERS = 1_437_761  # conv1 .. layer2 and fc1 (tests/test_npr.py counts the module's)
 
@@ -47,4 +47,5 @@ KIND = Kind(
     # bn_momentum null: running statistics that 10 steps of the contract test can settle
     tiny={"kind": "npr", "image_size": 32, "bn_momentum": None,
           "train": {"epochs": 1, "batch_size": 8, "lr": 2e-4}, "eval": {"batch_size": 8}},
+    white_box=white_box_always,
 )

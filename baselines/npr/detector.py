@@ -162,7 +162,11 @@ class NPRDetector(Detector):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW -> ImageNet-normalised floats (their ToTensor + Normalize); no resizing."""
-        return (images.to(self.device, torch.float32) / 255.0 - self.mean) / self.std
+        return self.normalise(images.to(self.device, torch.float32) / 255.0)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet normalisation of float images in [0, 1]."""
+        return (x - self.mean) / self.std
 
     def logit(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self.preprocess(images))[:, 0]
@@ -170,6 +174,10 @@ class NPRDetector(Detector):
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(self.logit(images),
                                                   labels.to(self.device).float())
+
+    def pixel_margin(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The one logit (fake minus real, as P(fake) is its sigmoid)."""
+        return self.net(self.normalise(pixels.to(self.device, torch.float32)))[:, 0].float()
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bilora.api.kinds import Cost, Kind, yaml_schema
+from bilora.api.kinds import Cost, Kind, white_box_always, yaml_schema
 
 # (GMACs, native image size, parameters) of the models the configs use; others count as
 # resnet50 for job sizing
@@ -57,4 +57,5 @@ KIND = Kind(
     check="baselines.timm_classifier.detector:check_config",
     artifacts=_artifacts,
     artifact_types=_artifact_types,
+    white_box=white_box_always,
 )

@@ -94,7 +94,11 @@ class TimmDetector(Detector):
         return cls(cfg, cls._create(cfg, cfg["pretrained"]))
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, torch.float32) / 255.0
+        return self.normalise(images.to(self.device, torch.float32) / 255.0)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's input from float images in [0, 1]: resized to ``input_size`` when
+        they are not there (bicubic, antialiased), the pretrained mean and std."""
         size = self.input_size
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False,
@@ -112,6 +116,10 @@ class TimmDetector(Detector):
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.logits(images), labels.to(self.device).long())
+
+    def pixel_margin(self, pixels: torch.Tensor) -> torch.Tensor:
+        logits = self.model(self.normalise(pixels.to(self.device, torch.float32))).float()
+        return logits[:, 1] - logits[:, 0]
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from baselines import _clip
-from bilora.api.kinds import Cost, Kind
+from bilora.api.kinds import Cost, Kind, white_box_always
 
 
 def _cost(section: dict[str, Any]) -> Cost:
@@ -33,5 +33,6 @@ KIND = Kind(
     check="baselines._clip:check_base",
     share_key=_share_key,
     group_scorer="baselines.univfd.detector:HeadGroup",
+    white_box=white_box_always,
     **_clip.spec_fields(),
 )

@@ -8,7 +8,8 @@ position, the logits and ``generate`` readouts, adapter save/load:
 ``model_type``. It holds everything particular to that model: loading (dtype, attention
 kernel, 8-bit), the processor and the prompt, the image path as stages with
 ``stage_of(param)``, the features for the frozen-feature cache and group scoring, the
-decoder call at the answer position, its architecture on the meta device, its cost for job
+decoder call at the answer position, the image path differentiable in the pixels (white-box
+attacks), its architecture on the meta device, its cost for job
 sizing and its tiny random stand-in. Adding a base: ``docs/adding_a_vlm_base.md``.
 
 The class-level methods marked torch-free run when the DAG is built.
@@ -130,6 +131,14 @@ class VLMBase(ABC):
     @abstractmethod
     def features(self, images: Any, stage: str) -> Any:
         """The image path's output at ``stage`` for a batch of uint8 NCHW images."""
+
+    def pixel_features(self, pixels: Any, stage: str) -> Any:
+        """``features`` of float NCHW images in [0, 1] at ``input_size``, differentiable in
+        ``pixels`` (the processor's resizing and normalisation as torch ops, in the model's
+        dtype): white-box attacks (``Detector.pixel_margin``). A base without it raises
+        NotImplementedError."""
+        raise NotImplementedError(f"the {self.display} base has no differentiable image path "
+                                  "(pixel_features)")
 
     @abstractmethod
     def continue_features(self, stage: str, x: Any, until: str) -> Any:

@@ -94,6 +94,14 @@ class Detector(nn.Module, metaclass=ABCMeta):
         Written into ``detector.json`` and into scores files' provenance."""
         return {"fit": self.input_fit, "size": self.input_size}
 
+    def pixel_margin(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The fake-minus-real logit margin of a batch, differentiable in ``pixels``: float32 NCHW
+        in [0, 1] at the loader's size (``input_size``, after ``input_fit``), on ``self.device``.
+        sigmoid(margin) equals ``predict_proba`` of the same images as uint8. A kind without
+        gradients to its pixels raises NotImplementedError (see ``Kind.white_box``)."""
+        raise NotImplementedError(f"detector kind {self.kind!r} has no pixel gradients "
+                                  "(pixel_margin)")
+
     def frozen_stage(self) -> str | None:
         """The deepest frozen point of the image path whose output can be cached, or None."""
         return None

@@ -6,7 +6,8 @@ folder's ``KINDS`` map. Everything the harness asks of a kind lives in that spec
 ``default_cfgs`` idea): its detector class, its config schema fragment, its model-name check,
 the pretrained artifacts to prefetch, its cost for job sizing, the base it builds before
 training, what lets its cells share a frozen part and how such a group is scored, its
-describe summary and its tiny test section. Generic modules (config, resources, artifacts,
+describe summary, whether white-box attacks can take gradients to its pixels, and its tiny
+test section. Generic modules (config, resources, artifacts,
 the CLI) ask the spec; none of them names a kind.
 
 Adding a detector kind: ``docs/adding_a_detector.md``.
@@ -68,6 +69,15 @@ class Kind:
     # when it cannot be shared; with ``group_scorer`` ("module:Class", a scoring group)
     share_key: Callable[[Section], dict[str, Any] | None] | None = None
     group_scorer: str | None = None
+    # torch-free: (section) -> None when ``Detector.pixel_margin`` has gradients to the
+    # pixels (white-box attacks), else (the section key that forbids it, why); None: the
+    # kind has no pixel gradients at all
+    white_box: Callable[[Section], tuple[str, str] | None] | None = None
+
+
+def white_box_always(section: Section) -> None:
+    """A kind's ``white_box`` when every section of it has gradients to its pixels."""
+    return None
 
 
 def yaml_schema(path: Path) -> Callable[[], Section]:
@@ -107,6 +117,15 @@ def share_key(section: Section) -> dict[str, Any] | None:
     """What identifies a section's shareable frozen part, or None (scored cell by cell)."""
     spec = kind(section["kind"])
     return spec.share_key(section) if spec.share_key is not None else None
+
+
+def white_box_refusal(section: Section) -> tuple[str, str] | None:
+    """None when white-box attacks can take gradients to the section's pixels
+    (``Detector.pixel_margin``); else (the section key that forbids it, why)."""
+    spec = kind(section["kind"])
+    if spec.white_box is None:
+        return "kind", f"detector kind {section['kind']!r} has no pixel gradients"
+    return spec.white_box(section)
 
 
 def contribute_schema(schema: dict[str, Any]) -> None:

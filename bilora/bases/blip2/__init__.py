@@ -176,8 +176,33 @@ class BLIP2(VLMBase):
         return pv.to(self.device, torch_dtype(self.section["dtype"]))
 
     def features(self, images, stage: str):
-        x = self._inner().vision_model(pixel_values=self.pixel_values(images)).last_hidden_state
+        return self._from_pixel_values(self.pixel_values(images), stage)
+
+    def _from_pixel_values(self, pixel_values, stage: str):
+        x = self._inner().vision_model(pixel_values=pixel_values).last_hidden_state
         return self.continue_features("vision", x, stage)
+
+    def pixel_features(self, pixels, stage: str):
+        """``features`` of float images in [0, 1], differentiable in ``pixels``: the image
+        processor's steps as torch ops. At the processor's size its resize leaves an image as
+        it is (``tests/test_pixel_margin.py``); another size is resized as it resizes (bicubic,
+        antialiased), then rescaled and normalised with its mean and std."""
+        import torch
+        import torch.nn.functional as F
+
+        proc = self.processor.image_processor
+        x = pixels.to(self.device, torch.float32) * 255.0  # the processor's uint8 scale
+        size = self.input_size
+        if proc.do_resize and x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False,
+                              antialias=True).clamp(0, 255)
+        if proc.do_rescale:
+            x = x * proc.rescale_factor
+        if proc.do_normalize:
+            mean = torch.tensor(proc.image_mean, device=x.device).view(1, -1, 1, 1)
+            std = torch.tensor(proc.image_std, device=x.device).view(1, -1, 1, 1)
+            x = (x - mean) / std
+        return self._from_pixel_values(x.to(torch_dtype(self.section["dtype"])), stage)
 
     def continue_features(self, stage: str, x, until: str = "projected"):
         import torch

@@ -141,6 +141,14 @@ def _share_key(section: dict[str, Any]) -> dict[str, Any] | None:
             "attn": section["attn_implementation"], "int8": section["load_in_8bit"]}
 
 
+def white_box(section: dict[str, Any]) -> tuple[str, str] | None:
+    """The ``logits`` readout is a softmax of two logits, differentiable in the pixels; the
+    ``generate`` readout is a hard label."""
+    if section.get("readout", "logits") == "generate":
+        return "readout", "readout 'generate' gives hard labels: no gradient to the pixels"
+    return None
+
+
 KIND = Kind(
     detector="bilora.kinds.bilora.detector:BiLoRADetector",
     schema=_schema,
@@ -163,4 +171,5 @@ KIND = Kind(
                     "bilora.kinds.bilora:build_base"),
     share_key=_share_key,
     group_scorer="bilora.kinds.bilora.group:AdapterGroup",
+    white_box=white_box,
 )

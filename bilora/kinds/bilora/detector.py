@@ -213,6 +213,18 @@ class BiLoRADetector(Detector):
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         return self.predict_tokens(images)[0].cpu()
 
+    def pixel_margin(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The fake word's logit minus the real word's at the answer position (``readout:
+        logits``), differentiable in ``pixels`` through the base's ``pixel_features``."""
+        from bilora.kinds.bilora import white_box
+
+        refusal = white_box(self.cfg)
+        if refusal is not None:
+            raise NotImplementedError(f"{refusal[0]}: {refusal[1]}")
+        last = self.vlm.stages[-1]
+        logits = self.vlm.answer_logits(self.vlm.pixel_features(pixels, last)).float()
+        return logits[:, self.word_ids[1]] - logits[:, self.word_ids[0]]
+
     @torch.no_grad()
     def predict_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(P(fake), the greedy next token) of a batch of images: one forward."""

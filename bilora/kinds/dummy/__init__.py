@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bilora.api.kinds import Cost, Kind, yaml_schema
+from bilora.api.kinds import Cost, Kind, white_box_always, yaml_schema
 
 
 def _cost(section: dict[str, Any]) -> Cost:
@@ -21,4 +21,5 @@ KIND = Kind(
     cost=_cost,
     tiny={"kind": "dummy", "image_size": 32,
           "train": {"epochs": 1, "batch_size": 8, "lr": 1e-2}, "eval": {"batch_size": 8}},
+    white_box=white_box_always,
 )

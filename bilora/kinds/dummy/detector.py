@@ -32,7 +32,10 @@ class DummyDetector(Detector):
         return cls(cfg)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, torch.float32) / 127.5 - 1.0
+        return self._logits(images.to(self.device, torch.float32) / 127.5 - 1.0)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of images scaled to [-1, 1]."""
         h = self.conv(x)
         feats = torch.cat([h.abs().mean((2, 3)), h.mean((2, 3))], 1)
         return self.head(feats)
@@ -43,6 +46,10 @@ class DummyDetector(Detector):
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.logits(images), labels.to(self.device).long())
+
+    def pixel_margin(self, pixels: torch.Tensor) -> torch.Tensor:
+        logits = self._logits(pixels.to(self.device, torch.float32) * 2.0 - 1.0)
+        return logits[:, 1] - logits[:, 0]
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
