@@ -45,3 +45,21 @@ def tiny_base(tmp_path_factory, default_cfg) -> Path:
     out = tmp_path_factory.mktemp("base") / "base"
     build_tiny_blip2(default_cfg["detectors"]["bilora"]["base_model"]["tiny"], out, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def built_bases(tmp_path_factory) -> dict[str, str | None]:
+    """kind -> the folder of the base its spec's tiny section trains from (or None), built
+    by its base recipe as the workflow's build_base_model rule does."""
+    from bilora.api.kinds import base_recipe, kind, kind_names
+    from bilora.api.plugins import resolve
+
+    out = {}
+    for name in kind_names():
+        recipe = base_recipe(kind(name).tiny)
+        if recipe is None:
+            out[name] = None
+            continue
+        folder = tmp_path_factory.mktemp(f"base-{name}") / "base"
+        out[name] = str(resolve(recipe.build)(recipe.spec(kind(name).tiny), folder, 0))
+    return out

@@ -1,6 +1,6 @@
 """One parametrized test over every registered detector kind, on its spec's tiny section
 (a kind whose spec has a base recipe gets its base built by that recipe, as the workflow's
-build_base_model rule does)."""
+build_base_model rule does: the ``built_bases`` fixture)."""
 
 import json
 
@@ -14,8 +14,7 @@ from bilora.api.detector import (
     read_detector_meta,
     save_detector,
 )
-from bilora.api.kinds import base_recipe, kind, kind_names
-from bilora.api.plugins import resolve
+from bilora.api.kinds import kind, kind_names
 
 TIMM_CFG = {"kind": "timm", "model_name": "resnet50", "pretrained": False, "image_size": 32,
             "model_kwargs": {"layers": [1, 1, 1, 1], "channels": [8, 8, 16, 16],
@@ -23,20 +22,6 @@ TIMM_CFG = {"kind": "timm", "model_name": "resnet50", "pretrained": False, "imag
             "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3}, "eval": {"batch_size": 8}}
 DUMMY_CFG = {"kind": "dummy", "image_size": 32, "train": {"epochs": 1, "batch_size": 8,
              "lr": 1e-2}, "eval": {"batch_size": 8}}
-
-
-@pytest.fixture(scope="module")
-def built_bases(tmp_path_factory):
-    """kind -> the folder of the base its tiny section trains from (or None)."""
-    out = {}
-    for name in kind_names():
-        recipe = base_recipe(kind(name).tiny)
-        if recipe is None:
-            out[name] = None
-            continue
-        folder = tmp_path_factory.mktemp(f"base-{name}") / "base"
-        out[name] = str(resolve(recipe.build)(recipe.spec(kind(name).tiny), folder, 0))
-    return out
 
 
 @pytest.fixture()

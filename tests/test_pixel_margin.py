@@ -10,30 +10,15 @@ import pytest
 import torch
 
 from bilora.api.detector import Detector, create_detector
-from bilora.api.kinds import Kind, base_recipe, kind, kind_names, white_box_refusal
-from bilora.api.plugins import resolve
+from bilora.api.kinds import Kind, kind, kind_names, white_box_refusal
 
 # measured on these CPUs (float32, 5 batches of 4): at most 1.8e-7 (Bi-LoRA), 0 to 6e-8
 # for the others; bfloat16 Bi-LoRA and UnivFD: 0
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module")
-def built_bases(tmp_path_factory):
-    """kind -> the folder of the base its tiny section builds (or None), as the workflow's
-    build_base_model rule does."""
-    out = {}
-    for name in kind_names():
-        recipe = base_recipe(kind(name).tiny)
-        if recipe is None:
-            out[name] = None
-            continue
-        folder = tmp_path_factory.mktemp(f"base-{name}") / "base"
-        out[name] = str(resolve(recipe.build)(recipe.spec(kind(name).tiny), folder, 0))
-    return out
-
-
 def _detector(name: str, bases: dict, **changes) -> Detector:
+    """The kind's tiny detector (its base: the ``built_bases`` fixture), in eval mode."""
     section = {**copy.deepcopy(kind(name).tiny), **changes}
     return create_detector(section, seed=0, base_dir=bases[name]).eval()
 
