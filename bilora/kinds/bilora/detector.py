@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from bilora.api.detector import Detector
-from bilora.kinds.bilora import base_of
+from bilora.kinds.bilora import base_of, white_box
 
 
 def lora_config(cfg: dict[str, Any]):
@@ -216,8 +216,6 @@ class BiLoRADetector(Detector):
     def pixel_margin(self, pixels: torch.Tensor) -> torch.Tensor:
         """The fake word's logit minus the real word's at the answer position (``readout:
         logits``), differentiable in ``pixels`` through the base's ``pixel_features``."""
-        from bilora.kinds.bilora import white_box
-
         refusal = white_box(self.cfg)
         if refusal is not None:
             raise NotImplementedError(f"{refusal[0]}: {refusal[1]}")
