@@ -4,9 +4,11 @@
 # sets every top-level key is complete (--configfile workflow/config/paper.yaml); any
 # other is an overlay on the default. Either way it is validated against workflow/schemas/.
 import os
+import sys
 from pathlib import Path
 
 from bilora import config as C
+from bilora.attacks import plan as A
 from bilora import resources as R
 from bilora import workflow as W
 
@@ -17,6 +19,8 @@ config.clear()
 config.update(_resolved)
 if workflow.is_main_process:  # model names (timm's registry, a base's path) fail here, not in a job
     W.check_models(config)
+    for _line in W.attack_notes(config):
+        print(_line, file=sys.stderr)
 
 # Jobs run `python3 -m bilora.cli` with the code beside this Snakefile first on the path,
 # so --use-conda environments (which hold the dependencies) run this checkout's code too.
@@ -39,6 +43,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/attack.smk"
 
 
 onsuccess:
@@ -50,4 +55,5 @@ rule all:
     input:
         W.tables(config),
         W.figures(config),
+        W.attack_outputs(config),
     default_target: True

@@ -176,6 +176,9 @@ def _cross_check(cfg: dict[str, Any], source: str) -> None:
                 raise ConfigError(f"{source}: detectors.{det}.weights.checkpoints.{g}: {g!r} is "
                                   f"not a training generator (generators.train: "
                                   f"{', '.join(cfg['generators']['train'])})")
+    from bilora.attacks.plan import check as check_attacks
+
+    check_attacks(cfg, source)  # its notes are printed by the Snakefile
     published = cfg["report"].get("published") or {}
     if published.get("imported") is not None:
         det = published["imported"]

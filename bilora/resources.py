@@ -26,13 +26,14 @@ from typing import Any
 from bilora import config as C
 
 # run a model: a GPU when the config wants one
-MODEL_RULES = ("train_detector", "score_cell", "score_group")
+MODEL_RULES = ("train_detector", "score_cell", "score_group", "attack_cell", "transfer_cell")
 DATA_RULES = ("make_procedural_dataset", "fetch_zenodo_record", "extract_archives",
               "rebuild_lsun_real", "check_split_digest", "organize_dataset")
 OTHER_RULES = ("build_base_model", "import_checkpoint", "prefetch_models", "gather_scores",
-               "collect_warnings", "compute_metrics", "render_report")
+               "collect_warnings", "compute_metrics", "render_report", "render_attack_report")
 RULES = MODEL_RULES + DATA_RULES + OTHER_RULES
 WILDCARDS = {"train_detector": ("detector", "generator"), "score_cell": ("detector",),
+             "attack_cell": ("detector",), "transfer_cell": ("detector",),
              "score_group": ("group",), "check_split_digest": ("dataset", "split"),
              **{r: ("dataset",) for r in DATA_RULES if r != "check_split_digest"}}
 LM_SHARE = 0.25  # the decoder's share of a Bi-LoRA scoring pass (0.18 of 0.71 TFLOP/image)
@@ -124,7 +125,7 @@ def _estimate(cfg: Mapping[str, Any], rule: str, wc: dict[str, str]) -> tuple[fl
         return _model_job(cfg, rule, wc["detector"], wc.get("generator", ""))
     # an import reads the base's architecture, not its weights
     if rule in ("build_base_model", "import_checkpoint", "prefetch_models", "gather_scores",
-                "collect_warnings"):
+                "collect_warnings", "render_attack_report"):
         return float(STARTUP_MIN), float(BASE_MB)
     if rule in ("compute_metrics", "render_report"):
         rows = _score_rows(cfg) if rule == "compute_metrics" else (
@@ -149,6 +150,14 @@ def _model_job(cfg: Mapping[str, Any], rule: str, detector: str, generator: str
         flops = images * fwd * cost.train_factor
         batch = det["train"]["batch_size"]
         optimizer_mb = cost.trainable_share * params * 16 / 2**20  # fp32 weights, grad, Adam
+    elif rule in ("attack_cell", "transfer_cell"):
+        from bilora.attacks.plan import forward_equivalents
+
+        counts = {"size": max(_images(cfg, g)["size"] for g in cfg["generators"]["test"])}
+        images, per_image = forward_equivalents(cfg, cost.train_factor, rule == "attack_cell")
+        flops = images * per_image * fwd
+        batch = det["eval"]["batch_size"]
+        optimizer_mb = 0.0
     else:
         counts = {"size": max(_images(cfg, g)["size"] for g in cfg["generators"]["test"])}
         images = _score_rows(cfg, detectors=1, cells=1)

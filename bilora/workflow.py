@@ -330,3 +330,56 @@ def layout_param_args(ds: dict[str, Any]) -> list[str]:
     own = LAYOUTS.get(layout_of(ds)).schema.get("properties", {})
     return [a for key in own if key in ds and key not in ORGANIZE_OPTIONS
             for a in ("--param", f"{key}={json.dumps(ds[key], sort_keys=True)}")]
+
+
+# -- the attack axis (evaluation.attacks) -------------------------------------------------
+
+def attack_notes(cfg: dict[str, Any]) -> list[str]:
+    """Lines for the console at DAG build: detectors left out of white-box attacks."""
+    from bilora.attacks.plan import check
+
+    return check(cfg)
+
+
+def attacked_detectors(cfg: dict[str, Any]) -> list[str]:
+    """Detectors with an attack_cell job."""
+    from bilora.attacks.plan import attacked_cells
+
+    return list(dict.fromkeys(c.detector for c in attacked_cells(cfg)))
+
+
+def attack_dirs(cfg: dict[str, Any]) -> list[str]:
+    from bilora.attacks.plan import attacked_cells
+
+    return [f"{c.path(cfg)}/attack" for c in attacked_cells(cfg)]
+
+
+def transfer_files(cfg: dict[str, Any]) -> list[str]:
+    from bilora.attacks.plan import transfer_cells
+
+    return [f"{c.path(cfg)}/transfer.parquet" for c in transfer_cells(cfg)]
+
+
+def transfer_sources(cfg: dict[str, Any], wildcards: Any) -> dict[str, str]:
+    """Source detector id -> its attack folder, for one transfer_cell job."""
+    from bilora.attacks.plan import transfer_cells
+
+    target = C.Cell(wildcards.detector, wildcards.generator, int(wildcards.seed))
+    return {s.detector: f"{s.path(cfg)}/attack" for s in transfer_cells(cfg).get(target, [])}
+
+
+def transfer_targets(cfg: dict[str, Any]) -> list[str]:
+    from bilora.attacks.plan import transfer_cells
+
+    return list(dict.fromkeys(c.detector for c in transfer_cells(cfg)))
+
+
+def attack_outputs(cfg: dict[str, Any]) -> list[str]:
+    """The attack report's files (none without ``evaluation.attacks``)."""
+    if not attack_dirs(cfg):
+        return []
+    from bilora.report.attacks import output_names
+
+    tables, figures = output_names()
+    return ([f"{results(cfg)}/tables/{n}" for n in tables]
+            + [f"{results(cfg)}/figures/{n}" for n in figures])

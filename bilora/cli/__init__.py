@@ -1,11 +1,12 @@
 """The ``bilora`` command: what every Snakemake rule calls, and the user's tools.
 
-Subcommands come from four modules: :mod:`bilora.cli.steps` (the workflow steps, each
+Subcommands come from five modules: :mod:`bilora.cli.steps` (the workflow steps, each
 taking a ``--spec``: the JSON config slice of one job, as the rule's params carry it),
 :mod:`bilora.cli.data` (fetch, extract, rebuild, organize, digest),
 :mod:`bilora.cli.project` (``ls``, ``validate``, ``describe``, ``prefetch``: they read a
-config file the way the Snakefile does) and :mod:`bilora.cli.predict` (``predict``: any
-images scored with a saved model). Heavy libraries are imported inside the
+config file the way the Snakefile does), :mod:`bilora.cli.predict` (``predict``: any
+images scored with a saved model) and :mod:`bilora.cli.attacks` (``attack``, ``transfer``,
+``attack-report``: the adversarial axis). Heavy libraries are imported inside the
 commands, so ``bilora --help`` is instant.
 
 Errors follow one convention (:mod:`bilora.errors`): a user error (config, data, a
@@ -30,7 +31,7 @@ log = logging.getLogger("bilora")
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``bilora`` argument parser with every subcommand registered."""
-    from bilora.cli import data, predict, project, steps
+    from bilora.cli import attacks, data, predict, project, steps
 
     p = argparse.ArgumentParser(prog="bilora", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"bilora-bench {bilora.__version__}")
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.register(sub)
     project.register(sub)
     predict.register(sub)
+    attacks.register(sub)
     return p
 
 

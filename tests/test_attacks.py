@@ -1,0 +1,274 @@
+"""The attack axis: config checks, the seeded subset, white-box FGSM / PGD through the real
+adversarial-robustness-toolbox on a trained tiny detector (eps kept in saved uint8 PNGs,
+accuracy lowered), transfer with the source's fingerprints, and the report's numbers."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bilora import config as C
+from bilora.attacks import plan
+from bilora.attacks.subset import attack_subset
+from bilora.errors import ConfigError
+
+DUMMY = {"kind": "dummy", "image_size": 48, "eval": {"batch_size": 32},
+         "train": {"epochs": 12, "batch_size": 16, "lr": 2e-2}}
+
+
+# -- config -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, eps", [("8/255", 8 / 255), (" 2 / 255", 2 / 255), (0.5, 0.5),
+                                        (1, 1.0)])
+def test_eps_forms(value, eps):
+    assert plan.parse_eps(value, "k") == pytest.approx(eps)
+
+
+@pytest.mark.parametrize("value", [0, -0.1, 1.5, "300/255", "eight", None, True])
+def test_bad_eps_is_a_config_error_naming_the_key(value):
+    with pytest.raises(ConfigError, match=r"evaluation\.attacks\.pgd\.eps\[0\]"):
+        plan.grid({"pgd": {"eps": [value], "steps": 3}})
+
+
+def _with_attacks(cfg, **attacks):
+    cfg = copy.deepcopy(cfg)
+    cfg["evaluation"]["attacks"] = {**cfg["evaluation"]["attacks"], **attacks}
+    return cfg
+
+
+def test_the_embedded_grid(default_cfg):
+    steps = plan.grid(default_cfg["evaluation"]["attacks"])
+    assert [s["name"] for s in steps] == ["fgsm=2", "fgsm=8", "pgd=2", "pgd=8"]
+    pgd8 = steps[-1]
+    assert pgd8["steps"] == 5 and pgd8["step_size"] == pytest.approx(2 / 255)
+    assert {c.detector for c in plan.attacked_cells(default_cfg)} == {
+        "bilora", "resnet50", "xception"}
+    assert {c.train for c in plan.attacked_cells(default_cfg)} == {"sim-LDM"}
+    targets = plan.transfer_cells(default_cfg)
+    assert sorted(c.detector for c in targets) == ["bilora", "xception"]
+    assert all([s.detector for s in src] == ["resnet50"] for src in targets.values())
+
+
+def test_steps_below_one_and_duplicates_are_refused(cfg):
+    with pytest.raises(ConfigError, match=r"pgd\.steps"):
+        plan.check(_with_attacks(cfg, pgd={"eps": ["2/255"], "steps": 0}))
+    with pytest.raises(ConfigError, match="listed twice"):
+        plan.check(_with_attacks(cfg, fgsm={"eps": ["2/255", 2 / 255]}))
+
+
+def test_generate_readout_cannot_be_attacked_white_box(cfg):
+    cfg["detectors"]["bilora"]["readout"] = "generate"
+    notes = plan.check(cfg)  # detectors: null -> left out, said in a line
+    assert any("bilora is not attacked white-box" in n and "readout" in n for n in notes)
+    assert "bilora" not in plan.white_box_detectors(cfg)
+    assert "bilora" in {c.detector for c in plan.transfer_cells(cfg)}  # it still scores
+    with pytest.raises(ConfigError, match=r"detectors\.bilora\.readout"):
+        plan.check(_with_attacks(cfg, detectors=["bilora", "resnet50"]))
+
+
+def test_transfer_source_must_be_attacked_and_names_known(cfg):
+    with pytest.raises(ConfigError, match=r"transfer\.sources.*xception"):
+        plan.check(_with_attacks(cfg, detectors=["resnet50"], transfer={"sources": ["xception"]}))
+    with pytest.raises(ConfigError, match=r"attacks\.detectors.*nope"):
+        plan.check(_with_attacks(cfg, detectors=["nope"]))
+    with pytest.raises(ConfigError, match=r"attacks\.train.*sim-ProGAN"):
+        plan.check(_with_attacks(cfg, train=["sim-ProGAN"]))
+
+
+def test_config_validation_runs_the_attack_checks(cfg):
+    bad = _with_attacks(cfg, fgsm={"eps": [2.0]})
+    with pytest.raises(ConfigError, match=r"fgsm\.eps\[0\]"):
+        C.validate(bad)
+
+
+# -- the subset ---------------------------------------------------------------------------
+
+def _rows(n_fake: int, n_real: int, gen: str = "g") -> pd.DataFrame:
+    sha = [hashlib.sha1(f"{gen}{i}".encode()).hexdigest() for i in range(n_fake + n_real)]
+    return pd.DataFrame({"generator": gen, "label": [1] * n_fake + [0] * n_real, "sha1": sha})
+
+
+def test_subset_is_seeded_balanced_and_order_free(caplog):
+    rows = pd.concat([_rows(30, 30, "a"), _rows(3, 40, "b")], ignore_index=True)
+    one = attack_subset(rows, 10, seed=1)
+    two = attack_subset(rows.sample(frac=1, random_state=0), 10, seed=1)
+    assert set(one["sha1"]) == set(two["sha1"])
+    a = one[one["generator"] == "a"]
+    assert (a["label"] == 1).sum() == 5 and (a["label"] == 0).sum() == 5
+    assert set(attack_subset(rows, 10, seed=2)["sha1"]) != set(one["sha1"])
+    with caplog.at_level(logging.INFO, logger="bilora.attacks"):
+        b = attack_subset(rows, 10, seed=1)
+    assert ((b["generator"] == "b") & (b["label"] == 1)).sum() == 3  # the set's 3 fakes
+    assert "test set b has 3 fakes" in caplog.text
+
+
+# -- white-box and transfer on a trained tiny detector ------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_data):
+    """A dummy detector trained on sim-ProGAN, saved and loaded as a workflow cell is."""
+    from bilora.api.detector import create_detector, load_detector, save_detector
+    from bilora.data.dataset import ImageTable, load_rows
+    from bilora.training import train_detector
+
+    tmp = tmp_path_factory.mktemp("attacked")
+    det = create_detector(DUMMY, 0)
+    rows = load_rows([tiny_data], "train", ["sim-ProGAN"])
+    train_detector(det, ImageTable(rows, 48), det.cfg["train"], 0, tmp / "ckpt", "x",
+                   progress=False)
+    folder = tmp / "dummy" / "train=sim-ProGAN" / "seed=0" / "model"
+    save_detector(det, folder)
+    return load_detector(folder), tmp
+
+
+def _spec(steps, **over):
+    spec = {"detector_id": "dummy", "steps": steps, "max_images": 16, "then_jpeg": [75],
+            "batch_size": 32, "test_generators": ["sim-ProGAN", "sim-GLIDE"], "seed": 42,
+            "device": "cpu", "jpeg_quality": None}
+    return {**spec, **over}
+
+
+@pytest.fixture(scope="module")
+def attacked(trained, tiny_data):
+    from bilora.attacks.run import attack_cell
+    from bilora.data.manifest import load_rows
+
+    det, tmp = trained
+    steps = plan.grid({"fgsm": {"eps": ["8/255"]}, "pgd": {"eps": ["2/255", "8/255"],
+                                                           "steps": 10}})
+    rows = load_rows([tiny_data], "test", ["sim-ProGAN", "sim-GLIDE"])
+    out = tmp / "dummy" / "train=sim-ProGAN" / "seed=0" / "attack"
+    scores = attack_cell(det, rows, _spec(steps), out, progress=False)
+    return scores, out
+
+
+def _accuracy(frame):
+    return float(((frame["p_fake"] >= 0.5) == (frame["label"] == 1)).mean())
+
+
+def test_attacks_lower_accuracy_within_eps_on_saved_pngs(attacked):
+    scores, out = attacked
+    own = scores[(scores["test"] == "sim-ProGAN") & (scores["post"] == "none")]
+    acc = {a: _accuracy(own[own["attack"] == a.split("@")[0]].loc[
+        lambda f, a=a: f["eps"] == (float(a.split("@")[1]) / 255 if "@" in a else 0.0)])
+        for a in ("none", "fgsm@8", "pgd@2", "pgd@8")}
+    # measured: clean 1.00, fgsm 8/255 0.50, pgd 2/255 0.62, pgd 8/255 0.00
+    assert acc["none"] >= 0.85
+    assert acc["pgd@8"] <= acc["none"] - 0.3 and acc["fgsm@8"] <= acc["none"] - 0.2
+    assert acc["pgd@8"] <= acc["pgd@2"] + 1e-9
+    # 16 images per set: 8 fakes + 8 reals; the sim-GLIDE set shares nothing with ProGAN's fakes
+    assert len(own) == 4 * 16
+    for row in scores[scores["attack"] != "none"].drop_duplicates("image").itertuples():
+        adv = np.asarray(Image.open(out / row.image), dtype=np.int16)
+        clean = np.asarray(Image.open(out / f"images/none/{row.sha1}.png"), dtype=np.int16)
+        k = round(row.eps * 255)
+        assert np.abs(adv - clean).max() <= k, row.image
+        assert row.linf == np.abs(adv - clean).max()
+        assert hashlib.sha1((out / row.image).read_bytes()).hexdigest() == row.image_sha1
+
+
+def test_attack_scores_are_those_of_the_saved_files(trained, attacked):
+    """The scores come from the PNG round trip (and JPEG 75 after it), not from the floats."""
+    import torch
+
+    from bilora.data.images import jpeg
+
+    det, _ = trained
+    scores, out = attacked
+    pick = scores[(scores["attack"] == "pgd") & (scores["eps"] > 0.02)].drop_duplicates(
+        ["image", "post"]).head(6)
+    for row in pick.itertuples():
+        img = Image.open(out / row.image).convert("RGB")
+        if row.post == "jpeg=75":
+            img = jpeg(img, 75)
+        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)[None]
+        assert float(det.predict_proba(x)[0]) == pytest.approx(row.p_fake, abs=1e-5)
+    jp = scores[scores["post"] == "jpeg=75"]
+    assert len(jp) == len(scores) / 2
+
+
+def test_transfer_scores_the_sources_images_with_fingerprints(trained, attacked, tmp_path):
+    from bilora.api.detector import create_detector
+    from bilora.attacks.run import SCORES, source_fingerprints, transfer_cell
+
+    scores, out = attacked
+    other = create_detector({**DUMMY, "image_size": 32}, 7)  # another size: resized on load
+    got = transfer_cell(other, [("dummy", out)], batch_size=32, progress=False)
+    assert len(got) == len(scores)
+    assert (got["image_sha1"].to_numpy() == scores["image_sha1"].to_numpy()).all()
+    assert got["p_fake"].notna().all() and (got["source"] == "dummy").all()
+    fp = source_fingerprints([("dummy", out)])
+    assert fp == {"dummy": hashlib.sha1((out / SCORES).read_bytes()).hexdigest()}
+
+
+def test_attack_job_leaves_nothing_on_failure(trained, tiny_data, tmp_path):
+    from bilora.attacks.run import attack_cell
+    from bilora.data.manifest import load_rows
+
+    det, _ = trained
+    rows = load_rows([tiny_data], "test", ["sim-ProGAN"])
+    rows.loc[rows.index[0], "sha1"] = "0" * 40  # the manifest no longer matches the file
+    steps = plan.grid({"fgsm": {"eps": ["8/255"]}})
+    out = tmp_path / "attack"
+    with pytest.raises(Exception, match="changed after"):
+        attack_cell(det, rows, _spec(steps, max_images=200), out, progress=False)
+    assert not out.exists() and not (tmp_path / "attack.tmp").exists()
+
+
+# -- the report ---------------------------------------------------------------------------
+
+def test_report_numbers_on_known_scores(tmp_path):
+    from scipy.stats import binomtest
+
+    from bilora.report.attacks import attack_table, transfer_table, wilson
+
+    # 10 fakes, 10 reals; clean: 8 fakes and 9 reals right; pgd: 2 fakes and 3 reals right
+    sha = [f"{i:040d}" for i in range(20)]
+    label = [1] * 10 + [0] * 10
+    clean = [0.9] * 8 + [0.1] * 2 + [0.1] * 9 + [0.9]
+    adv = [0.9] * 2 + [0.1] * 8 + [0.1] * 3 + [0.9] * 7
+    base = {"detector": "d", "train": "t", "seed": 0, "test": "g", "post": "none"}
+    frame = pd.concat([
+        pd.DataFrame({**base, "sha1": sha, "label": label, "attack": "none", "eps": 0.0,
+                      "p_fake": clean}),
+        pd.DataFrame({**base, "sha1": sha, "label": label, "attack": "pgd", "eps": 8 / 255,
+                      "p_fake": adv})], ignore_index=True)
+    spec = {"labels": {"d": "D"}, "detectors": ["d"], "threshold": 0.5, "confidence": 0.95}
+    table, data = attack_table(frame, spec)
+    pgd = data[data["attack"] == "pgd"].iloc[0]
+    assert pgd["accuracy"] == pytest.approx(25.0) and pgd["images"] == 20
+    # evasion: of the 8 fakes right when clean, 6 turned real; framing: of 9 reals, 6 turned
+    assert pgd["evasion"] == pytest.approx(75.0) and pgd["evasion_n"] == 8
+    assert pgd["framing"] == pytest.approx(100 * 6 / 9) and pgd["framing_n"] == 9
+    ci = binomtest(6, 8).proportion_ci(0.95, method="wilson")
+    assert (pgd["evasion_lo"], pgd["evasion_hi"]) == pytest.approx((100 * ci.low,
+                                                                    100 * ci.high))
+    assert wilson(0, 0, 0.95).missing == "no images"
+    assert "8/255" in table.markdown() and "25.0" in table.markdown()
+    transfers = frame.assign(source="d", target="e")
+    t = transfer_table(transfers, {**spec, "detectors": ["d", "e"]})
+    assert list(t.data["accuracy"]) == pytest.approx([85.0, 25.0])
+
+
+def test_report_cli_writes_every_named_output(attacked, tmp_path):
+    from bilora.cli import main
+    from bilora.report.attacks import output_names
+
+    _, out = attacked
+    spec = {"labels": {}, "detectors": ["dummy"], "threshold": 0.5, "confidence": 0.95}
+    assert main(["attack-report", "--spec", json.dumps(spec), "--attacks", str(out),
+                 "--tables", str(tmp_path / "t"), "--figures", str(tmp_path / "f")]) == 0
+    tables, figures = output_names()
+    for name in tables:
+        assert (tmp_path / "t" / name).is_file(), name
+    for name in figures:
+        assert (tmp_path / "f" / name).is_file(), name
+    got = pd.read_csv(tmp_path / "t" / "attacks.csv")
+    assert set(got["attack"]) == {"none", "fgsm", "pgd"} and (got["images"] == 32).all()
