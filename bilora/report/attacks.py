@@ -3,7 +3,8 @@ success, and the transfer matrix, from the attack jobs' per-image scores (no mod
 
 Every number is a percentage of images with its interval and the number of images it rests
 on: proportions with Wilson intervals, AUC with the Hanley-McNeil standard error. Images are
-pooled over the attacked cells (training generators and seeds) and test sets of a detector.
+pooled over the attacked cells (training generators and seeds) and test sets of a detector,
+each distinct image once per cell (a real shared by several test sets is not counted twice).
 Evasion = the share of fakes called fake on the clean image that the attack turns to
 ``real``; framing = the same for reals turned to ``fake``.
 """
@@ -92,7 +93,7 @@ def success(attacked: pd.DataFrame, clean: pd.DataFrame, label: int, threshold: 
             confidence: float) -> tuple[Est, int]:
     """(share of the images of ``label`` right on the clean image and wrong after the attack,
     the number of images right on the clean image)."""
-    keys = ["detector", "train", "seed", "test", "sha1"]
+    keys = ["detector", "train", "seed", "sha1"]
     right = clean[(clean["label"] == label) &
                   (_called_fake(clean["p_fake"], threshold) == bool(label))][keys]
     merged = attacked[attacked["label"] == label].merge(right, on=keys)
@@ -117,6 +118,9 @@ def attack_table(scores: pd.DataFrame, spec: dict[str, Any]) -> tuple[Table, pd.
     thr, conf = spec["threshold"], spec["confidence"]
     labels = spec["labels"]
     rows, data = [], []
+    # an image in several test sets (a shared real set) counts once per cell
+    scores = scores.drop_duplicates(["detector", "train", "seed", "sha1", "attack", "eps",
+                                     "post"]) if len(scores) else scores
     dets = [d for d in spec["detectors"] if d in set(scores.get("detector", []))]
     for det in dets:
         mine = scores[scores["detector"] == det]
@@ -164,6 +168,8 @@ def transfer_table(transfers: pd.DataFrame, spec: dict[str, Any]) -> Table:
     """Accuracy of each target on each source's adversarial images (no JPEG after)."""
     thr, conf, labels = spec["threshold"], spec["confidence"], spec["labels"]
     t = transfers[transfers["post"] == "none"] if len(transfers) else transfers
+    if len(t):  # an image in several test sets counts once per cell
+        t = t.drop_duplicates(["source", "target", "train", "seed", "sha1", "attack", "eps"])
     targets = [d for d in spec["detectors"] if d in set(t.get("target", []))]
     rows, data = [], []
     for source in [d for d in spec["detectors"] if d in set(t.get("source", []))]:
