@@ -59,7 +59,8 @@ def _gap_notices(results: Results, labels: dict[str, str]) -> list[Notice]:
                    f"e.g. train {k[1]}, seed {k[2]}, test {k[3]}, {k[4]} {k[5]}; means over "
                    "them are n/a")
         out.append(Notice("report", msg, [f"*_matrix_{det}", "detectors", "robustness_*",
-                                          "paper_vs_reproduced", "ablation", "unlabelled", "backdoor"]))
+                                          "paper_vs_reproduced", "ablation", "unlabelled",
+                                          "backdoor"]))
     return out
 
 
