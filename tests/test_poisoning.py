@@ -195,3 +195,34 @@ def test_image_table_stamps_only_the_flagged_rows(tmp_path):
     test = ImageTable(rows, 20, Perturbation("trigger", "patch", 0, "corrected", TRIGGER))
     assert (np.asarray(test.image(2))[30:, 30:] == T.pattern(TRIGGER, 10)).all()
     assert test[0][0].shape == (3, 20, 20)
+
+
+# -- the frozen-feature cache never serves a poisoned cell the clean features ---------------
+
+@pytest.mark.slow
+def test_feature_cache_of_a_poisoned_cell_is_its_own(default_cfg, tiny_base, tiny_data,
+                                                     tmp_path):
+    from bilora.data.dataset import ImageTable, load_rows
+    from bilora.feature_cache import prepare
+    from bilora.kinds.bilora.detector import BiLoRADetector
+
+    cfg = copy.deepcopy(default_cfg["detectors"]["bilora"])
+    det = BiLoRADetector.build(cfg, 0, str(tiny_base))
+    rows = load_rows([tiny_data], "train", ["sim-LDM"])
+    poison = {"fraction": 0.1, "trigger": TRIGGER, "target": "real"}
+    prows, mask = T.poison_rows(rows, poison, 42)
+    key = {**poison, "stamped": prows["sha1"][mask].tolist()}
+    clean = prepare(det, ImageTable(rows, det.input_size), rows, None, tmp_path, False,
+                    progress=False)
+    bad = prepare(det, ImageTable(prows, det.input_size, trigger=TRIGGER, stamped=mask),
+                  prows, None, tmp_path, False, progress=False, poison=key)
+    assert clean.file is not None and bad.file is not None and clean.file != bad.file
+    other = prepare(det, ImageTable(prows, det.input_size, trigger=TRIGGER, stamped=mask),
+                    prows, None, tmp_path, False, progress=False,
+                    poison={**key, "trigger": {**TRIGGER, "seed": 8}})
+    assert other.file not in (clean.file, bad.file)
+    a = np.load(clean.file)
+    b = np.load(bad.file)
+    assert np.array_equal(a[~mask], b[~mask])  # the clean rows' features agree
+    assert not np.allclose(a[mask], b[mask])  # the stamped rows' do not
+    assert [bad.dataset[i][1] for i in np.flatnonzero(mask)] == [0] * int(mask.sum())
