@@ -226,3 +226,74 @@ def test_feature_cache_of_a_poisoned_cell_is_its_own(default_cfg, tiny_base, tin
     assert np.array_equal(a[~mask], b[~mask])  # the clean rows' features agree
     assert not np.allclose(a[mask], b[mask])  # the stamped rows' do not
     assert [bad.dataset[i][1] for i in np.flatnonzero(mask)] == [0] * int(mask.sum())
+
+
+# -- the backdoor table on hand-made scores with a known answer -----------------------------
+
+N = 40
+BD_TEST = ["G1", "G2", "G3"]
+# fakes called real under the trigger, per detector (of N per test set); clean: fakes right
+MISSED = {"rn": 4, "rn@poison=0.1": 36}
+CLEAN_FAKES_OK = {"rn": 38, "rn@poison=0.1": 36}
+
+
+def _bd_scores(path, det):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frames = []
+    for t in BD_TEST:
+        for pert, level in (("none", "-"), ("trigger", "patch")):
+            ok = CLEAN_FAKES_OK[det] if pert == "none" else N - MISSED[det]
+            pf = np.r_[np.full(ok, 0.9), np.full(N - ok, 0.1)]
+            pr = np.r_[np.full(36, 0.1), np.full(N - 36, 0.9)]  # reals: 36 right
+            frames.append(pd.DataFrame({
+                "sha1": [f"{t}f{i}" for i in range(N)] + [f"r{i}" for i in range(N)],
+                "generator": t, "label": np.r_[np.ones(N), np.zeros(N)].astype("int8"),
+                "perturbation": pert, "level": level, "p_fake": np.r_[pf, pr].astype("float32")}))
+    table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
+    meta = {b"detector": det.encode(), b"train": b"G1", b"seed": b"0"}
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, **meta}), path)
+
+
+def test_backdoor_table_known_answer(tmp_path):
+    from bilora.metrics import run_metrics
+    from bilora.report import render_report, report_outputs
+
+    scores = []
+    for det in MISSED:
+        p = tmp_path / f"{det}.parquet"
+        _bd_scores(p, det)
+        scores.append(p)
+    run_metrics(scores, tmp_path / "metrics.parquet", resamples=200)
+    spec = {"run": "t", "train": ["G1"], "test": BD_TEST,
+            "labels": {"rn": "RN", "rn@poison=0.1": "RN [poison=0.1]"},
+            "note": "Hand-made scores.", "threshold": 0.5, "confidence": 0.95, "seeds": [0],
+            "variants": {"rn@poison=0.1": {"base": "rn", "key": "train.poison.fraction",
+                                           "value": 0.1, "base_value": 0.0}},
+            "real_sets": {t: "shared reals" for t in BD_TEST}, "published": None,
+            "format_control": None, "protocol": "ricker",
+            "backdoor": {"detectors": {"rn": {"rn@poison=0.1": 0.1}},
+                         "condition": ["trigger", "patch"], "trigger": TRIGGER,
+                         "target": "real"}}
+    assert "backdoor.csv" in report_outputs(spec)[0]
+    paths = render_report(tmp_path / "metrics.parquet", tmp_path / "bootstrap.npz", spec,
+                          tmp_path / "tables", tmp_path / "figures", scores=scores)
+    assert {p.name for p in paths} >= {"backdoor.csv", "backdoor.md", "backdoor.tex"}
+    t = pd.read_csv(tmp_path / "tables" / "backdoor.csv").set_index("detector")
+    assert list(t.index) == ["rn", "rn@poison=0.1"]
+    assert list(t["fraction"]) == [0.0, 0.1]
+    for det in MISSED:
+        r = t.loc[det]
+        acc = 100 * (CLEAN_FAKES_OK[det] + 36) / (2 * N)
+        assert r["clean_accuracy_value"] == pytest.approx(acc)
+        assert r["clean_accuracy_n"] == 3 * 2 * N
+        for col in ("asr_G1_", "asr_G2_", "asr_G3_", "asr_unseen_"):
+            assert r[f"{col}value"] == pytest.approx(100 * MISSED[det] / N)
+            assert r[f"{col}lo"] <= r[f"{col}value"] <= r[f"{col}hi"]
+            assert r[f"{col}hi"] - r[f"{col}lo"] > 0
+        assert r["asr_G2_n"] == N and r["asr_unseen_n"] == 2 * N  # G1 is the seen set
+    md = (tmp_path / "tables" / "backdoor.md").read_text()
+    assert "RN [poison=0.1]" in md and "G2 (n=40)" in md and "90.0 [" in md
+    rob = pd.read_csv(tmp_path / "tables" / "robustness_accuracy.csv")
+    assert set(rob["perturbation"]) == {"none", "trigger"}
