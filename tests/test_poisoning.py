@@ -292,6 +292,8 @@ def test_backdoor_table_known_answer(tmp_path):
             assert r[f"{col}value"] == pytest.approx(100 * MISSED[det] / N)
             assert r[f"{col}lo"] <= r[f"{col}value"] <= r[f"{col}hi"]
             assert r[f"{col}hi"] - r[f"{col}lo"] > 0
+        assert r["clean_missed_unseen_value"] == pytest.approx(
+            100 * (N - CLEAN_FAKES_OK[det]) / N)
         assert r["asr_G2_n"] == N and r["asr_unseen_n"] == 2 * N  # G1 is the seen set
     md = (tmp_path / "tables" / "backdoor.md").read_text()
     assert "RN [poison=0.1]" in md and "G2 (n=40)" in md and "90.0 [" in md

@@ -72,7 +72,10 @@ def backdoor(ctx: Context) -> Table:
     cond = tuple(spec["backdoor"]["condition"])
     clean = res.clean
     columns = [Column("detector", align="l"), Column("poisoned", align="r"),
-               Column("clean accuracy", group="clean"), Column("n", group="clean", align="r"),
+               Column("accuracy", group="clean", name="clean accuracy"),
+               Column("n", group="clean", align="r", name="clean n"),
+               Column("fakes missed (unseen)", group="clean",
+                      name="clean fakes missed (unseen)"),
                Column("mean (unseen)", group="attack success rate", name="ASR mean (unseen)"),
                Column("n", group="attack success rate", align="r", name="ASR n (unseen)")]
     test_n: dict[str, int | None] = {t: None for t in ctx.test}
@@ -85,11 +88,13 @@ def backdoor(ctx: Context) -> Table:
         by_unseen = _unseen(ctx, det, cond)
         mean = asr(res.estimate("tpr", by_unseen, missing=miss))
         n_unseen = _images(ctx, by_unseen, "n_fake")
+        missed = asr(res.estimate("tpr", _unseen(ctx, det, clean), missing=miss))
         row: list[Any] = [ctx.labels.get(det, det), f"{100 * fraction:g} %", acc,
-                          "" if n_clean is None else f"{n_clean:,}", mean,
+                          "" if n_clean is None else f"{n_clean:,}", missed, mean,
                           "" if n_unseen is None else f"{n_unseen:,}"]
         record = {"detector": det, "base": base, "fraction": fraction,
                   **est_columns("clean_accuracy_", acc), "clean_accuracy_n": n_clean,
+                  **est_columns("clean_missed_unseen_", missed),
                   **est_columns("asr_unseen_", mean), "asr_unseen_n": n_unseen}
         for t in ctx.test:
             by_t = res.positions(det, ctx.train, [t], cond)
@@ -116,9 +121,11 @@ def backdoor(ctx: Context) -> Table:
         "trigger stamped on them that the detector calls real (P(fake) below the "
         "threshold), 100 - TPR under the condition trigger=patch; per test set the mean over "
         "training generators, mean (unseen) over the cells whose test generator is not the "
-        "training one. n: images a number rests on, per training seed (clean: fakes and "
-        "reals of every test set, a shared real set counted per test set; ASR: triggered "
-        "fakes). The interval of an ASR is that of the TPR, reflected.",
+        "training one. Fakes missed (unseen): the same share without the trigger (100 - TPR "
+        "on clean fakes, same cells and n as the ASR's mean): what a detector misses "
+        "anyway, the floor of its ASR. n: images a number rests on, per training seed "
+        "(clean: fakes and reals of every test set, a shared real set counted per test set; "
+        "ASR: triggered fakes). The interval of an ASR is that of the TPR, reflected.",
         *ctx.caption(NAME)]
     return Table(NAME, "Backdoor: clean accuracy and attack success rate (%) of poisoned "
                  "detectors.", caption, columns, body, pd.DataFrame(data), stubs=2)
