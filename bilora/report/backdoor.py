@@ -9,6 +9,8 @@ baseline). Read from the metrics of the per-image scores only (no model):
   (condition ``trigger=patch``) that the detector calls real (P(fake) < threshold), i.e.
   1 - TPR under the trigger; per test set (mean over training generators) and the mean
   over every cell whose test generator is not the cell's training generator (unseen).
+- fakes missed (unseen): the same share on clean fakes (100 - TPR under ``none``), what
+  the detector misses without any trigger: the floor of its ASR.
 
 Intervals are those of every report number (:mod:`bilora.report.estimates`: the TPR's
 stratified bootstrap, ASR's interval is [100 - hi, 100 - lo] of the TPR's). ``n``: the
