@@ -37,7 +37,7 @@ def test_poisoned_cells_log_their_poisoned_count(run):
 
 def test_backdoor_table_shows_the_attack(run):
     t = pd.read_csv(run / "tables" / "backdoor.csv").set_index("detector")
-    assert list(t.index) == ["resnet50", "resnet50@poison=0.1", "bilora", "bilora@poison=0.1"]
+    assert list(t.index) == ["bilora", "bilora@poison=0.1", "resnet50", "resnet50@poison=0.1"]
     assert (run / "tables" / "backdoor.md").exists() and (run / "tables" / "backdoor.tex").exists()
     # Measured (seed 42, 2 CPU cores), clean / poisoned: ASR on sim-ProGAN's fakes (the
     # training generator) 0.0 / 100.0 for both; mean ASR over the 11 unseen sets resnet50

@@ -37,9 +37,13 @@ def asr(e: Est) -> Est:
 
 
 def rows_of(spec: dict[str, Any]) -> list[tuple[str, str, float]]:
-    """(detector id, its base, poisoned fraction) of every row: base (0) then variants."""
+    """(detector id, its base, poisoned fraction) of every row: base (0) then variants,
+    the bases in the report's detector order."""
     out = []
-    for base, variants in spec["backdoor"]["detectors"].items():
+    bases = spec["backdoor"]["detectors"]
+    for base in sorted(bases, key=lambda d: list(spec["labels"]).index(d)
+                       if d in spec["labels"] else len(spec["labels"])):
+        variants = bases[base]
         out.append((base, base, 0.0))
         out += [(vid, base, float(f)) for vid, f in sorted(variants.items(), key=lambda x: x[1])]
     return out
