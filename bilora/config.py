@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import yaml
 
@@ -30,6 +30,8 @@ __all__ = ["ConfigError"]
 PACKAGE_DIR = Path(__file__).resolve().parent
 SCHEMA_PATH = PACKAGE_DIR / "schemas" / "config.schema.yaml"
 VARIANT_MARK = "@"
+POISON_KEY = "train.poison.fraction"  # what variants() says a poisoning variant changed
+TRIGGER_CONDITION = ("trigger", "patch")  # scored on every cell when `poisoning` is set
 
 
 #: Plug-in registries that put their members into the schema ("module:function" (schema)).
@@ -277,6 +279,41 @@ def _expand_ablations(cfg: dict[str, Any], source: str = "config"
                 if vid in out:
                     raise ConfigError(f"{where}: two values give the variant id {vid!r}")
                 out[vid] = (section, {"base": det, "key": key, "value": value})
+    for vid, entry in _expand_poisoning(cfg, source).items():
+        if vid in out:
+            raise ConfigError(f"{source}: poisoning: the variant id {vid!r} is also an "
+                              "ablation variant")
+        out[vid] = entry
+    return out
+
+
+def _expand_poisoning(cfg: dict[str, Any], source: str = "config"
+                      ) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Variant id (``<det>@poison=<fraction>``) -> (its section: the detector's with
+    ``train.poison``, {base, key: train.poison.fraction, value: fraction})."""
+    spec = cfg.get("poisoning")
+    if not spec:
+        return {}
+    out: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for det in spec["detectors"]:
+        if det not in cfg["detectors"]:
+            raise ConfigError(f"{source}: poisoning.detectors: no detector {det!r}; known: "
+                              f"{', '.join(cfg['detectors'])}")
+        base = cfg["detectors"][det]
+        if imported(base):
+            raise ConfigError(f"{source}: poisoning.detectors: {det!r} imports released "
+                              "weights (weights.from: checkpoints); only a trained detector "
+                              "can be poisoned")
+        for fraction in spec["fractions"]:
+            if not 0 < fraction < 1:
+                raise ConfigError(f"{source}: poisoning.fractions: {fraction} is not in (0, 1)")
+            section = copy.deepcopy(base)
+            section.pop("label", None)
+            section["train"]["poison"] = {"fraction": fraction,
+                                          "trigger": copy.deepcopy(spec["trigger"]),
+                                          "target": spec.get("target", "real")}
+            vid = f"{det}{VARIANT_MARK}poison={_value_id(fraction)}"
+            out[vid] = (section, {"base": det, "key": POISON_KEY, "value": fraction})
     return out
 
 
@@ -320,7 +357,7 @@ def labels(cfg: dict[str, Any]) -> dict[str, str]:
     """Display name of every detector (the report's business only; default the id)."""
     out = {d: sec.get("label") or d for d, sec in cfg["detectors"].items()}
     for v, info in variants(cfg).items():
-        short = info["key"].rsplit(".", 1)[-1]
+        short = "poison" if info["key"] == POISON_KEY else info["key"].rsplit(".", 1)[-1]
         out[v] = f"{out[info['base']]} [{short}={_value_id(info['value'])}]"
     return out
 
@@ -381,6 +418,7 @@ class TrainSpec(TypedDict):
 
 
 class ScoreSpec(TypedDict):
+    trigger: NotRequired[dict[str, Any]]  # only with `poisoning`
     detector_id: str
     eval: dict[str, Any]
     test_generators: list[str]
@@ -425,6 +463,7 @@ class ReportSpec(TypedDict):
     published: dict[str, Any] | None
     format_control: dict[str, int] | None
     protocol: str
+    backdoor: NotRequired[dict[str, Any]]  # only with `poisoning`
 
 
 def train_spec(cfg: dict[str, Any], detector: str, generator: str, seed: int) -> TrainSpec:
@@ -453,17 +492,35 @@ def import_spec(cfg: dict[str, Any], detector: str, generator: str, seed: int) -
             "seed": seed, "checkpoint": ckpt}
 
 
+def trigger(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """The backdoor trigger every cell is also scored under (``poisoning``), or None."""
+    spec = cfg.get("poisoning")
+    return copy.deepcopy(spec["trigger"]) if spec else None
+
+
+def perturbations(cfg: dict[str, Any]) -> dict[str, list]:
+    """``evaluation.perturbations``, plus ``trigger: [patch]`` when ``poisoning`` is set."""
+    out = dict(cfg["evaluation"]["perturbations"])
+    if trigger(cfg) is not None:
+        out[TRIGGER_CONDITION[0]] = [TRIGGER_CONDITION[1]]
+    return out
+
+
 def score_spec(cfg: dict[str, Any], detector: str) -> ScoreSpec:
-    return {"detector_id": detector, "eval": detectors(cfg)[detector]["eval"],
-            "test_generators": cfg["generators"]["test"], "seed": cfg["seed"],
-            "perturbations": cfg["evaluation"]["perturbations"],
-            "protocol": cfg["evaluation"]["protocol"], "device": cfg["device"],
-            "jpeg_quality": jpeg_quality(cfg)}
+    out: ScoreSpec = {"detector_id": detector, "eval": detectors(cfg)[detector]["eval"],
+                      "test_generators": cfg["generators"]["test"], "seed": cfg["seed"],
+                      "perturbations": perturbations(cfg),
+                      "protocol": cfg["evaluation"]["protocol"], "device": cfg["device"],
+                      "jpeg_quality": jpeg_quality(cfg)}
+    if trigger(cfg) is not None:  # absent otherwise: the params of other runs stay as they were
+        out["trigger"] = trigger(cfg)
+    return out
 
 
 def conditions(cfg: dict[str, Any]) -> list[tuple[str, str]]:
-    """(perturbation, level) of every scored condition, levels as the score tables spell them."""
-    return [(kind, str(level)) for kind, levels in cfg["evaluation"]["perturbations"].items()
+    """(perturbation, level) of every scored condition, levels as the score tables spell them
+    (the trigger last when ``poisoning`` is set)."""
+    return [(kind, str(level)) for kind, levels in perturbations(cfg).items()
             for level in levels]
 
 
@@ -495,6 +552,7 @@ def group_of(cfg: dict[str, Any], detector: str) -> str | None:
 
 
 class GroupScoreSpec(TypedDict):
+    trigger: NotRequired[dict[str, Any]]  # only with `poisoning`
     group: str
     conditions: list[list[str]]
     cells: list[list]
@@ -516,7 +574,8 @@ def group_chunks(cfg: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
 def group_score_spec(cfg: dict[str, Any], group: str, chunk: str) -> GroupScoreSpec:
     members = {d: score_spec(cfg, d) for d in sharing_groups(cfg)[group]}
     cells_ = [[c.detector, c.train, c.seed] for d in members for c in cells(cfg, d)]
-    return {"group": group, "conditions": [list(c) for c in group_chunks(cfg)[chunk]],
+    extra: dict[str, Any] = {} if trigger(cfg) is None else {"trigger": trigger(cfg)}
+    return {**extra, "group": group, "conditions": [list(c) for c in group_chunks(cfg)[chunk]],
             "members": members,
             "cells": cells_,
             "batch_size": min(m["eval"]["batch_size"] for m in members.values()),
@@ -568,8 +627,9 @@ def published_file(path: str) -> str:
 def report_spec(cfg: dict[str, Any]) -> ReportSpec:
     out_variants = {}
     for vid, info in variants(cfg).items():
-        out_variants[vid] = {**info, "base_value": _get(cfg["detectors"][info["base"]],
-                                                        info["key"], "ablations")}
+        base_value = (0.0 if info["key"] == POISON_KEY  # the base detector is unpoisoned
+                      else _get(cfg["detectors"][info["base"]], info["key"], "ablations"))
+        out_variants[vid] = {**info, "base_value": base_value}
     published = cfg["report"]["published"]
     if published is not None:
         published = {**published, "file": published_file(published["file"])}
@@ -581,4 +641,17 @@ def report_spec(cfg: dict[str, Any]) -> ReportSpec:
             "real_sets": {g: real_set(cfg, g) for g in cfg["generators"]["test"]},
             "datasets": {g: dataset_of(cfg, g) for g in cfg["generators"]["test"]},
             "published": published, "format_control": cfg["data"]["format_control"],
-            "protocol": cfg["evaluation"]["protocol"]}
+            "protocol": cfg["evaluation"]["protocol"], **backdoor_spec(cfg)}
+
+
+def backdoor_spec(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The report spec's ``backdoor`` entry (only with ``poisoning``): the poisoned
+    detectors' variants by base, the trigger condition and the target."""
+    spec = cfg.get("poisoning")
+    if not spec:
+        return {}
+    rows = {det: {v: info["value"] for v, info in variants(cfg).items()
+                  if info["base"] == det and info["key"] == POISON_KEY}
+            for det in spec["detectors"]}
+    return {"backdoor": {"detectors": rows, "condition": list(TRIGGER_CONDITION),
+                         "trigger": spec["trigger"], "target": spec["target"]}}

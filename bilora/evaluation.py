@@ -74,13 +74,14 @@ def score_conditions(rows: pd.DataFrame, conditions: Sequence[tuple[str, str]],
                                      dict[str, tuple[torch.Tensor, torch.Tensor]]],
                      dataset: Callable[[pd.DataFrame, Perturbation | None], ImageTable],
                      seed: int, protocol: str,
-                     parts: dict[str, tuple[Path, str]] | None = None
-                     ) -> dict[str, pd.DataFrame]:
+                     parts: dict[str, tuple[Path, str]] | None = None,
+                     trigger: dict | None = None) -> dict[str, pd.DataFrame]:
     """Scores of several models (keys of ``parts``) under every condition, resumable.
 
     ``score(dataset, desc, models)`` returns (P(fake), token) of every image of ``dataset``
     for each of ``models``, those still to score; ``parts`` maps a model to (its parts
-    folder, its fingerprint).
+    folder, its fingerprint). ``trigger``: the backdoor trigger of the condition
+    ``trigger=patch``.
     Returns each model's scores in ``SCORE_COLUMNS``, conditions in order.
     """
     unique = unique_images(rows)
@@ -92,8 +93,9 @@ def score_conditions(rows: pd.DataFrame, conditions: Sequence[tuple[str, str]],
                 for m, (folder, fp) in parts.items()}
         todo = [m for m, frame in done.items() if frame is None]
         if todo:
-            perturb = None if kind == "none" else Perturbation(kind, parse_level(level), seed,
-                                                               protocol)
+            perturb = None if kind == "none" else Perturbation(
+                kind, parse_level(level), seed, protocol,
+                trigger if kind == "trigger" else None)
             scores = score(dataset(unique, perturb), name, todo)
             for m in todo:
                 p_fake, token = scores[m]
@@ -112,7 +114,8 @@ def score_conditions(rows: pd.DataFrame, conditions: Sequence[tuple[str, str]],
 def score_table(detector, rows: pd.DataFrame, conditions: Sequence[tuple[str, str]], seed: int,
                 batch_size: int, num_workers: int = 0, progress: bool = True,
                 protocol: str = "corrected", jpeg_quality: int | None = None,
-                parts_dir: str | Path | None = None, fingerprint: str = "") -> pd.DataFrame:
+                parts_dir: str | Path | None = None, fingerprint: str = "",
+                trigger: dict | None = None) -> pd.DataFrame:
     """Per-image scores of ``rows`` (test manifest rows) under every condition, for one
     detector; with ``parts_dir``, each finished condition is kept and reused on a rerun."""
     import tempfile
@@ -130,13 +133,13 @@ def score_table(detector, rows: pd.DataFrame, conditions: Sequence[tuple[str, st
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(parts_dir) if parts_dir is not None else Path(tmp)
         return score_conditions(rows, conditions, score, dataset, seed, protocol,
-                                {"model": (folder, fingerprint)})["model"]
+                                {"model": (folder, fingerprint)}, trigger)["model"]
 
 
 def score_group(group: Any, rows: pd.DataFrame, condition: tuple[str, str],
                 parts: Sequence[tuple[Path, str]], seed: int, protocol: str,
                 batch_size: int, num_workers: int = 0, jpeg_quality: int | None = None,
-                progress: bool = True) -> list[bool]:
+                progress: bool = True, trigger: dict | None = None) -> list[bool]:
     """Score every member of a shared-base ``group`` (a kind's ``group_scorer``: ``predict``,
     ``input_size``, ``input_fit``, ``device``) under one condition into its cell's parts folder
     (``parts[i]`` = (folder, fingerprint)); adapters whose part is already there and
@@ -161,5 +164,5 @@ def score_group(group: Any, rows: pd.DataFrame, condition: tuple[str, str],
                 for i, v in out.items()}
 
     score_conditions(rows, [condition], score, dataset, seed, protocol,
-                     {str(i): part for i, part in enumerate(parts)})
+                     {str(i): part for i, part in enumerate(parts)}, trigger)
     return [i in scored for i in range(len(parts))]

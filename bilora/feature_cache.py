@@ -58,10 +58,15 @@ def base_identity(path: str) -> dict[str, Any]:
     return {"config_sha1": hashlib.sha1(config).hexdigest(), "files": files}
 
 
-def cache_key(detector, stage: str, rows: pd.DataFrame, jpeg_quality: int | None) -> str:
-    """A sha1 of everything that determines the cached features."""
+def cache_key(detector, stage: str, rows: pd.DataFrame, jpeg_quality: int | None,
+              poison: dict[str, Any] | None = None) -> str:
+    """A sha1 of everything that determines the cached features; ``poison`` (a backdoor
+    variant's trigger and stamped images) enters it, so a poisoned cell never reads the
+    clean images' features (the key of an unpoisoned cell is as it always was)."""
     doc = {**detector.feature_identity(), "stage": stage, "jpeg_quality": jpeg_quality,
            "images": rows["sha1"].tolist()}
+    if poison:
+        doc["poison"] = poison
     return hashlib.sha1(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -138,8 +143,11 @@ class CachePlan:
 
 def prepare(detector, images: torch.utils.data.Dataset, rows: pd.DataFrame,
             jpeg_quality: int | None, folder: Path, augmenting: bool, num_workers: int = 0,
-            progress: bool = True) -> CachePlan:
-    """Decide where training reads from (and build the cache when it is exact)."""
+            progress: bool = True, poison: dict[str, Any] | None = None) -> CachePlan:
+    """Decide where training reads from (and build the cache when it is exact).
+
+    ``poison``: a backdoor variant's trigger and stamped images (``images`` stamps them),
+    part of the cache's key."""
     setting = detector.cfg.get("feature_cache")  # None: a kind without one
     stage, why = cache_point(detector, setting, augmenting)
     if stage is None:
@@ -149,7 +157,10 @@ def prepare(detector, images: torch.utils.data.Dataset, rows: pd.DataFrame,
         else:
             log.info("training without a frozen-feature cache: %s", why)
         return CachePlan(images, None, f"{'fallback' if fell_back else 'none'}: {why}")
-    key = cache_key(detector, stage, rows, jpeg_quality)
+    key = cache_key(detector, stage, rows, jpeg_quality, poison)
+    if poison:
+        log.info("frozen-feature cache of a poisoned training set: its key includes the "
+                 "trigger and the %d stamped images", len(poison.get("stamped", [])))
     path = build(detector, images, stage, folder / f"{key}.npy",
                  detector.cfg["eval"]["batch_size"], num_workers, progress=progress)
     log.info("training from cached features: %s", why)

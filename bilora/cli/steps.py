@@ -83,17 +83,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     _setup(args)
     rows = load_rows(args.manifest, "train", [spec["train_generator"]])
     data_digest = manifest_digest(rows)
+    poison = spec["detector"]["train"].get("poison")
+    stamped, poison_key = None, None
+    if poison:  # a backdoor variant: some fakes get the trigger and the target label
+        from bilora.data.trigger import poison_rows
+
+        n_fake = int((rows["label"].astype(int) == 1).sum())
+        rows, stamped = poison_rows(rows, poison, spec["seed"])
+        poison_key = {**poison, "stamped": rows["sha1"][stamped].astype(str).tolist()}
+        log.info("poisoning: %d of %d training images (of %d fakes) stamped with the "
+                 "trigger and labelled %s (fraction %g)", int(stamped.sum()), len(rows),
+                 n_fake, poison["target"], poison["fraction"])
     det = create_detector(spec["detector"], seed=spec["seed"], base_dir=args.base)
     det.to(resolve_device(spec["device"]))
     counts = det.parameter_counts()
     log.info("%s: %d images of %s; parameters %d, trainable %d", spec["detector_id"], len(rows),
              spec["train_generator"], counts["total"], counts["trainable"])
     images = ImageTable(rows, det.input_size, jpeg_quality=spec["jpeg_quality"],
-                        fit=det.input_fit)
+                        fit=det.input_fit, trigger=poison["trigger"] if poison else None,
+                        stamped=stamped)
     plan = feature_cache.prepare(det, images, rows, spec["jpeg_quality"],
                                  Path(args.cache_dir or Path(args.out).parent / "features"),
                                  augments(det.cfg["train"]), args.num_workers,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, poison=poison_key)
     history = train_detector(det, plan.dataset, det.cfg["train"], spec["seed"],
                              args.checkpoint_dir, digest([spec, data_digest, plan.stage], 40),
                              num_workers=args.num_workers, progress=not args.quiet,
@@ -169,7 +181,8 @@ def cmd_score(args: argparse.Namespace) -> int:
                          spec["eval"]["batch_size"], args.num_workers,
                          progress=not args.quiet, protocol=spec["protocol"],
                          jpeg_quality=spec["jpeg_quality"], parts_dir=parts,
-                         fingerprint=_cell_fingerprint(spec, args.model, rows))
+                         fingerprint=_cell_fingerprint(spec, args.model, rows),
+                         trigger=spec.get("trigger"))
     _write_scores(scores, args, spec, rows, det.preprocessing())
     shutil.rmtree(parts, ignore_errors=True)  # the finished conditions served their purpose
     return 0
@@ -203,7 +216,7 @@ def cmd_score_group(args: argparse.Namespace) -> int:
     for kind, level in spec["conditions"]:
         scored = score_group(group, rows, (kind, level), parts, spec["seed"], spec["protocol"],
                              spec["batch_size"], args.num_workers, spec["jpeg_quality"],
-                             progress=not args.quiet)
+                             progress=not args.quiet, trigger=spec.get("trigger"))
         log.info("%s=%s: %d adapters scored, %d reused", kind, level, sum(scored),
                  len(scored) - sum(scored))
         done.append({"condition": [kind, level], "scored": scored})

@@ -38,6 +38,7 @@ class Perturbation(NamedTuple):
     level: object
     seed: int
     protocol: str = "corrected"
+    trigger: dict | None = None  # the backdoor trigger (kind ``trigger``)
 
 
 def read_checked(path: str, sha1: str, manifest: str) -> bytes:
@@ -65,11 +66,15 @@ class ImageTable(torch.utils.data.Dataset):
     ``size`` square as ``fit`` says: ``resize`` (bicubic), or ``crop``, the centre crop
     without resizing (an image smaller than the crop is padded with zeros around it, as
     torchvision's ``CenterCrop`` does: UnivFD's and NPR's test preprocessing).
+
+    ``stamped`` (a flag per row) with ``trigger``: the backdoor trigger is stamped on
+    those images after the format control (training on a poisoned set).
     """
 
     def __init__(self, rows: pd.DataFrame, size: int | None,
                  perturb: Perturbation | None = None, jpeg_quality: int | None = None,
-                 fit: str = "resize"):
+                 fit: str = "resize", trigger: dict | None = None,
+                 stamped: list[bool] | np.ndarray | None = None):
         if fit not in FITS:
             raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
         self.fit = fit
@@ -81,6 +86,13 @@ class ImageTable(torch.utils.data.Dataset):
         self.size = size
         self.perturb = perturb
         self.jpeg_quality = jpeg_quality
+        self.trigger = trigger
+        self.stamped = ([bool(x) for x in stamped] if stamped is not None
+                        else [False] * len(self.paths))
+        if len(self.stamped) != len(self.paths):
+            raise ValueError(f"stamped has {len(self.stamped)} flags for {len(self.paths)} rows")
+        if any(self.stamped) and trigger is None:
+            raise ValueError("stamped rows need a trigger")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -90,11 +102,16 @@ class ImageTable(torch.utils.data.Dataset):
         img = open_rgb(read_checked(self.paths[i], self.sha1[i], self.manifests[i]))
         if self.jpeg_quality is not None:
             img = jpeg(img, self.jpeg_quality)
+        if self.stamped[i]:
+            from bilora.data.trigger import stamp
+
+            img = stamp(img, self.trigger)
         if self.perturb is not None:
             from bilora.data.perturbations import apply
 
             p = self.perturb
-            img = apply(img, p.kind, p.level, p.seed, self.sha1[i], protocol=p.protocol)
+            img = apply(img, p.kind, p.level, p.seed, self.sha1[i], protocol=p.protocol,
+                        trigger=p.trigger)
         return img
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:

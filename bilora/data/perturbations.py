@@ -48,7 +48,8 @@ from PIL import Image
 
 from bilora.atomic import derive_seed
 
-KINDS = ("none", "noise", "blur", "jpeg", "crop", "downscale", "mixed")
+KINDS = ("none", "noise", "blur", "jpeg", "crop", "downscale", "mixed", "trigger")
+TRIGGER_LEVELS = ("patch",)  # ``trigger``: the run's backdoor trigger (bilora/data/trigger.py)
 RANDOM = "random"
 PROTOCOLS = ("ricker", "corrected")
 
@@ -235,10 +236,11 @@ def _random_level(kind: str, rng: np.random.Generator) -> float | int:
 
 
 def apply(img: Image.Image, kind: str, level: object, seed: int, sha1: str,
-          protocol: str = "corrected") -> Image.Image:
+          protocol: str = "corrected", trigger: dict | None = None) -> Image.Image:
     """Degrade one image under ``protocol``; ``level`` is a number, or ``random``.
 
-    Returns an RGB image (``none`` returns an RGB input itself).
+    ``trigger`` (kind ``trigger``, level ``patch``): stamp that backdoor trigger, the same
+    under either protocol. Returns an RGB image (``none`` returns an RGB input itself).
     """
     if protocol not in _FUNCS:
         raise KeyError(f"evaluation.protocol: unknown perturbation protocol {protocol!r}; "
@@ -251,6 +253,12 @@ def apply(img: Image.Image, kind: str, level: object, seed: int, sha1: str,
         img = to_rgb(img)
     if kind == "none":
         return img
+    if kind == "trigger":
+        if trigger is None or level not in TRIGGER_LEVELS:
+            raise ValueError(f"perturbation trigger={level} needs the run's trigger (poisoning)")
+        from bilora.data.trigger import stamp
+
+        return stamp(img, trigger)
     funcs = _FUNCS[protocol]
     rng = image_rng(seed, sha1, kind, level)
     if kind == "mixed":
@@ -280,7 +288,7 @@ def conditions(spec: dict[str, list]) -> list[tuple[str, str]]:
 
 def parse_level(level: str) -> object:
     """A level string back to the value the perturbation takes."""
-    if level in (RANDOM, "none", "-"):
+    if level in (RANDOM, "none", "-", *TRIGGER_LEVELS):
         return level
     num = float(level)
     return int(num) if num.is_integer() and "." not in level else num

@@ -29,6 +29,7 @@ PERTURBATIONS = {  # perturbation id -> (short header, what the level is)
     "crop": ("crop", "centre crop, fraction cut, resized back"),
     "downscale": ("down", "downscale to this many pixels and back"),
     "mixed": ("mixed", "crop, blur, noise and JPEG each with probability 1/2"),
+    "trigger": ("trigger", "the backdoor trigger stamped on every image (poisoning)"),
 }
 
 

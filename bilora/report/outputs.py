@@ -30,6 +30,8 @@ def table_files(spec: dict[str, Any]) -> dict[str, tuple[str, ...]]:
         out["paper_vs_reproduced"] = TABLE_EXTS
     if spec.get("variants"):
         out["ablation"] = TABLE_EXTS
+    if spec.get("backdoor"):
+        out["backdoor"] = TABLE_EXTS
     out["unlabelled"] = ("csv", "md")
     out["preprocessing"] = ("csv", "md")
     out["data_card"] = ("csv", "md")

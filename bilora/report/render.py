@@ -59,7 +59,8 @@ def _gap_notices(results: Results, labels: dict[str, str]) -> list[Notice]:
                    f"e.g. train {k[1]}, seed {k[2]}, test {k[3]}, {k[4]} {k[5]}; means over "
                    "them are n/a")
         out.append(Notice("report", msg, [f"*_matrix_{det}", "detectors", "robustness_*",
-                                          "paper_vs_reproduced", "ablation", "unlabelled"]))
+                                          "paper_vs_reproduced", "ablation", "unlabelled",
+                                          "backdoor"]))
     return out
 
 
@@ -150,6 +151,10 @@ def _build(ctx: Context) -> dict[str, Any]:
     sweeps = tables.ablation_sweeps(ctx) if spec["variants"] else []
     if sweeps:
         built.append(tables.ablation(ctx, sweeps))
+    if spec.get("backdoor"):
+        from bilora.report.backdoor import backdoor
+
+        built.append(backdoor(ctx))
     built += [tables.unlabelled(ctx), tables.preprocessing(ctx),
               card.data_card(ctx, ctx.manifests, ctx.present),
               card.pairing(ctx, ctx.manifests)]
