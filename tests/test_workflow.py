@@ -1,6 +1,7 @@
 """End to end: Snakemake on a trimmed config in a temporary folder, reruns, lint, paper DAG."""
 
 import copy
+import json
 import os
 import re
 import subprocess
@@ -91,15 +92,48 @@ def test_scores_carry_provenance(run):
         assert meta.get(key), key
 
 
+def test_attack_views_and_transfer_fingerprints(run):
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    res = run / "results" / "e2e"
+    for name in ("attacks", "attack_transfer"):
+        for ext in ("csv", "md", "tex"):
+            assert (res / "tables" / f"{name}.{ext}").stat().st_size > 200, (name, ext)
+    assert (res / "figures" / "attacks.png").stat().st_size > 10_000
+    table = pd.read_csv(res / "tables" / "attacks.csv")
+    assert set(table["detector"]) == {"bilora", "resnet50", "xception"}
+    assert set(table["attack"]) == {"none", "fgsm", "pgd"}
+    source = res / "resnet50/train=sim-LDM/seed=42/attack/scores.parquet"
+    for target in ("bilora", "xception"):
+        path = res / f"{target}/train=sim-LDM/seed=42/transfer.parquet"
+        meta = pq.read_schema(path).metadata
+        sources = json.loads(meta[b"sources"])
+        assert sources == {"resnet50": hashlib.sha1(source.read_bytes()).hexdigest()}
+        got, src = pd.read_parquet(path), pd.read_parquet(source)
+        assert set(got["image_sha1"]) == set(src["image_sha1"])
+    # every attacked image stays within its eps in uint8 pixels
+    src = pd.read_parquet(source)
+    assert (src["linf"] <= (src["eps"] * 255 + 1e-6).astype(int)).all()
+    assert src.loc[src["attack"] == "pgd", "linf"].max() == 8
+
+
 def test_changing_one_detector_reruns_its_cells_and_the_report_only(run):
     cfg = trimmed()
     cfg["detectors"]["resnet50"]["train"]["lr"] = 5e-4
     (run / "changed.yaml").write_text(yaml.safe_dump(cfg))
     out = smk("-n", "all", "--configfile", str(run / "changed.yaml"), cwd=run)
+    # the embedded attack grid attacks the sim-LDM cells and hands resnet50's images to the
+    # other two: its new attack is scored again by them (transfer), nothing else of theirs
     assert job_counts(out.stdout) == {"train_detector": 2, "score_cell": 2, "compute_metrics": 1,
-                                      "collect_warnings": 1, "render_report": 1, "all": 1}
-    assert "xception/train" not in out.stdout.split("Job stats")[0].replace(
-        "results/e2e/xception/train=sim-LDM/seed=42/scores.parquet", "")  # metrics input only
+                                      "collect_warnings": 1, "render_report": 1,
+                                      "attack_cell": 1, "transfer_cell": 2,
+                                      "render_attack_report": 1, "all": 1}
+    plan = out.stdout.split("Job stats")[0]
+    for kept in ("xception/train=sim-LDM/seed=42/model", "xception/train=sim-ProGAN",
+                 "xception/train=sim-LDM/seed=42/attack\n"):
+        assert f"output: results/e2e/{kept}" not in plan, kept
     same = smk("-n", "all", "--configfile", str(run / "config.yaml"), cwd=run)
     assert "Nothing to be done" in same.stdout + same.stderr
 
@@ -109,7 +143,7 @@ def test_renaming_a_label_reruns_only_the_report(run):
     cfg["detectors"]["resnet50"]["label"] = "ResNet-50, renamed for the camera-ready"
     (run / "label.yaml").write_text(yaml.safe_dump(cfg))
     out = smk("-n", "all", "--configfile", str(run / "label.yaml"), cwd=run)
-    assert job_counts(out.stdout) == {"render_report": 1, "all": 1}
+    assert job_counts(out.stdout) == {"render_report": 1, "render_attack_report": 1, "all": 1}
 
 
 def test_one_cell_reruns_alone_with_byte_identical_scores(run):
@@ -190,3 +224,4 @@ def test_snakemake_report_is_rendered(run):
     smk("--report", str(run / "report.html"), "--configfile", str(run / "config.yaml"), cwd=run)
     html = (run / "report.html").read_text(errors="replace")
     assert "heatmap_bilora" in html and "accuracy_matrix_xception" in html
+    assert "attack_transfer" in html
