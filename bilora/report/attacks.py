@@ -194,15 +194,17 @@ def transfer_table(transfers: pd.DataFrame, spec: dict[str, Any]) -> Table:
                Column("images")]
     caption = ["Transfer: accuracy (%) of each detector (columns) on the adversarial images "
                "made white-box on a source detector (rows), same training generator and seed; "
-               f"attack none = the same images clean. {conf:.0%} Wilson intervals; 'images' "
-               "is the number each cell rests on."]
+               "the source's own column is the white-box result; attack none = the same "
+               f"images clean. {conf:.0%} Wilson intervals; 'images' is the number each cell "
+               "rests on."]
     return Table("attack_transfer", "Transfer of adversarial images", caption, columns, rows,
                  pd.DataFrame(data), stubs=3)
 
 
 def attack_figure(data: pd.DataFrame, spec: dict[str, Any], out_dir: str | os.PathLike
                   ) -> list[Path]:
-    """Accuracy vs eps, a panel per attack, a line per detector (eps 0: clean images)."""
+    """Accuracy and AUC vs eps (rows), a column per attack, a line per detector with its
+    intervals (eps 0: the clean images)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,22 +214,28 @@ def attack_figure(data: pd.DataFrame, spec: dict[str, Any], out_dir: str | os.Pa
 
     d = data[data["post"] == "none"] if len(data) else data
     attacks = [a for a in ("fgsm", "pgd") if a in set(d.get("attack", []))] or ["none"]
-    fig, axes = plt.subplots(1, len(attacks), figsize=(3.6 * len(attacks), 3.0), squeeze=False)
-    for ax, attack in zip(axes[0], attacks, strict=True):
-        for det in [x for x in spec["detectors"] if x in set(d.get("detector", []))]:
-            sel = d[(d["detector"] == det) & d["attack"].isin(["none", attack])]
-            sel = sel.sort_values("eps")
-            x = sel["eps"].to_numpy(float) * 255
-            y = sel["accuracy"].to_numpy(float)
-            err = np.abs(np.vstack([y - sel["accuracy_lo"].to_numpy(float),
-                                    sel["accuracy_hi"].to_numpy(float) - y]))
-            ax.errorbar(x, y, yerr=err, marker="o", ms=3, capsize=2,
-                        label=spec["labels"].get(det, det))
-        ax.set_title(attack.upper(), fontsize=9)
-        ax.set_xlabel("eps (/255)")
-        ax.set_ylim(-2, 102)
-        ax.axhline(50, color="grey", lw=0.5, ls=":")
-    axes[0][0].set_ylabel("accuracy (%)")
+    metrics = (("accuracy", "accuracy (%)"), ("auc", "AUC (%)"))
+    fig, axes = plt.subplots(len(metrics), len(attacks), figsize=(3.6 * len(attacks), 5.6),
+                             squeeze=False, sharex="col")
+    for col, attack in enumerate(attacks):
+        for row, (metric, name) in enumerate(metrics):
+            ax = axes[row][col]
+            for det in [x for x in spec["detectors"] if x in set(d.get("detector", []))]:
+                sel = d[(d["detector"] == det) & d["attack"].isin(["none", attack])]
+                sel = sel.sort_values("eps")
+                y = sel[metric].to_numpy(float)
+                err = np.abs(np.vstack([y - sel[f"{metric}_lo"].to_numpy(float),
+                                        sel[f"{metric}_hi"].to_numpy(float) - y]))
+                ax.errorbar(sel["eps"].to_numpy(float) * 255, y, yerr=err, marker="o", ms=3,
+                            capsize=2, label=spec["labels"].get(det, det))
+            ax.set_ylim(-2, 102)
+            ax.axhline(50, color="grey", lw=0.5, ls=":")
+            if row == 0:
+                ax.set_title(attack.upper(), fontsize=9)
+            if row == len(metrics) - 1:
+                ax.set_xlabel("eps (/255)")
+            if col == 0:
+                ax.set_ylabel(name)
     axes[0][-1].legend(fontsize=6, loc="lower left")
     return _save(fig, out_dir, FIGURE)
 
@@ -239,6 +247,12 @@ def render_attack_report(spec: dict[str, Any], attack_folders: Sequence[str | os
     scores = read_attacks(attack_folders)
     table, data = attack_table(scores, spec)
     paths = table.write(tables_dir)
-    paths += transfer_table(read_transfers(transfer_files), spec).write(tables_dir)
+    transfers = read_transfers(transfer_files)
+    if len(transfers):  # each source's own white-box result: the matrix's diagonal
+        own = scores[scores["detector"].isin(set(transfers["source"]))]
+        transfers = pd.concat([transfers, own.assign(source=own["detector"],
+                                                     target=own["detector"])],
+                              ignore_index=True)
+    paths += transfer_table(transfers, spec).write(tables_dir)
     paths += attack_figure(data, spec, figures_dir)
     return paths
