@@ -61,8 +61,8 @@ rule render_attack_report:
         report(W.attack_outputs(config), caption="../report/attacks.rst", category="Attacks"),
     params:
         spec=W.json_param(A.report_spec(config)),
-        tables=f"{RES}/tables",
-        figures=f"{RES}/figures",
+        tables=lambda w, output: os.path.dirname(output[0]),
+        figures=lambda w, output: os.path.dirname(output[-1]),
     log:
         f"{RES}/logs/render_attack_report.log",
     threads: 1
