@@ -178,18 +178,21 @@ def with_attacks(cfg: dict[str, Any], run: str, max_images: int) -> dict[str, An
     return out
 
 
-def grid_hours(cfg: dict[str, Any], ratio: dict[str, float], fwd_s: dict[str, float]
-               ) -> dict[str, float]:
+def grid_hours(cfg: dict[str, Any], ratio: dict[str, float], fwd_s: dict[str, float],
+               per_call: dict[str, float] | None = None) -> dict[str, float]:
     """H100 hours of the attack grid per detector of ``cfg``: its attacked cells (each
-    gradient step at the measured ratio of forwards) and its transfer cells."""
+    gradient step at the measured ratio of forwards, plus ``per_call`` forwards per image
+    for each attack call: ART's own) and its transfer cells."""
     from bilora import config as C
     from bilora.attacks import plan
 
     dets = C.detectors(cfg)
+    calls = len(plan.grid(plan.block(cfg)))
     hours = {d: 0.0 for d in dets}
     for cell in plan.attacked_cells(cfg):
         key = model_key(dets[cell.detector])
         n, fe = plan.forward_equivalents(cfg, ratio[key], white_box=True)
+        fe += calls * (per_call or {}).get(key, 0.0)
         hours[cell.detector] += n * fe * fwd_s[key] / 3600
     for cell in plan.transfer_cells(cfg):
         n, fe = plan.forward_equivalents(cfg, white_box=False)
@@ -198,27 +201,29 @@ def grid_hours(cfg: dict[str, Any], ratio: dict[str, float], fwd_s: dict[str, fl
 
 
 def projection(name: str, cfg: dict[str, Any], run: str, matrix_h: float,
-               ratio: dict[str, float], fwd_s: dict[str, float], args: argparse.Namespace
-               ) -> tuple[list[str], int | None, dict[int, float]]:
-    """The printed table of one config over ``--max-images``, the largest M within the
-    budget (None: none), and the total hours per M."""
+               ratio: dict[str, float], per_call: dict[str, float] | None,
+               fwd_s: dict[str, float], args: argparse.Namespace
+               ) -> tuple[list[str], int | None]:
+    """The printed table of one config over ``--max-images`` and the largest M within the
+    budget (None: none of them): with ART's measured overhead per attack call where
+    ``per_call`` is given (the harness as it runs), else by ``forward_equivalents`` alone."""
     from bilora import config as C
     from bilora.attacks import plan
 
     out: list[str] = []
     p = out.append
-    per_m = {m: grid_hours(with_attacks(cfg, run, m), ratio, fwd_s) for m in args.max_images}
     one = with_attacks(cfg, run, args.max_images[0])
     attacked = plan.attacked_cells(one)
     transfer = plan.transfer_cells(one)
     n1 = plan.forward_equivalents(one)[0]
     scored = plan.forward_equivalents(one, white_box=False)[1]
-    steps = sum(s["steps"] for s in plan.grid(one["evaluation"]["attacks"]))
+    steps = plan.grid(one["evaluation"]["attacks"])
     p(f"{name}: {len(attacked)} attacked cells, {len(transfer)} transfer cells (sources "
-      f"{', '.join(SOURCES[run])}); per attacked cell and image: {steps} gradient steps "
-      f"(FGSM x4 + PGD-{PGD_STEPS} x4) x the ratio + {int(scored // len(SOURCES[run]))} "
-      f"scorings ((8 conditions + clean) x (1 + JPEG 75)); images per cell job: M x "
-      f"{n1 // args.max_images[0]} test sets")
+      f"{', '.join(SOURCES[run])}); per attacked cell and image: "
+      f"{sum(s['steps'] for s in steps)} gradient steps (FGSM x4 + PGD-{PGD_STEPS} x4) x the "
+      f"ratio + {int(scored // len(SOURCES[run]))} scorings ((8 conditions + clean) x (1 + "
+      f"JPEG 75)); images per cell job: M x {n1 // args.max_images[0]} test sets")
+    per_m = {m: grid_hours(with_attacks(cfg, run, m), ratio, fwd_s) for m in args.max_images}
     dets = C.detectors(cfg)
     p(f"  {'detector':<18}{'cells':>6}{'ratio':>7}{'fwd ms':>8}"
       + "".join(f"{'M=' + str(m):>9}" for m in args.max_images))
@@ -227,16 +232,24 @@ def projection(name: str, cfg: dict[str, Any], run: str, matrix_h: float,
         n = sum(c.detector == d for c in attacked)
         p(f"  {d:<18}{n:>6}{ratio[key]:>7.2f}{1e3 * fwd_s[key]:>8.3f}"
           + "".join(f"{per_m[m][d]:>9.2f}" for m in args.max_images))
-    total = {m: sum(h.values()) for m, h in per_m.items()}
-    p(f"  {'attack grid, H100 h':<39}" + "".join(f"{total[m]:>9.2f}" for m in args.max_images))
+    rows = {"attack grid, H100 h": {m: sum(h.values()) for m, h in per_m.items()}}
+    if per_call is not None:
+        rows[f"+ ART's {len(steps)} calls, H100 h"] = {
+            m: sum(grid_hours(with_attacks(cfg, run, m), ratio, fwd_s, per_call).values())
+            for m in args.max_images}
+    for label, total in rows.items():
+        p(f"  {label:<39}" + "".join(f"{total[m]:>9.2f}" for m in args.max_images))
     p(f"  {'matrix, H100 h':<39}" + "".join(f"{matrix_h:>9.2f}" for _ in args.max_images))
-    p(f"  {'grid / matrix':<39}" + "".join(f"{total[m] / matrix_h:>9.3f}"
-                                           for m in args.max_images))
-    fits = [m for m in args.max_images if total[m] <= args.budget * matrix_h]
-    best = max(fits) if fits else None
-    p(f"  largest M adding <= {100 * args.budget:.0f} % to the matrix: "
-      f"{best if best is not None else 'none of those listed'}")
-    return out, best, total
+    for label, total in rows.items():
+        p(f"  {label.split(',')[0] + ' / matrix':<39}"
+          + "".join(f"{total[m] / matrix_h:>9.3f}" for m in args.max_images))
+    best = None
+    for label, total in rows.items():
+        fits = [m for m in args.max_images if total[m] <= args.budget * matrix_h]
+        best = max(fits) if fits else None
+        p(f"  largest M adding <= {100 * args.budget:.0f} % to the matrix "
+          f"({label.split(',')[0]}): {best if best is not None else 'none of those listed'}")
+    return out, best
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -335,38 +348,41 @@ def main(argv: list[str] | None = None) -> int:
       f"paper_scale / field_scale projections) at {100 * args.mfu:.0f} % of "
       f"{ps.H100['bf16'] / 1e12:.0f} TFLOP/s bf16 (Bi-LoRA's Q-Former float32 at "
       f"{100 * args.mfu:.0f} % of {ps.H100['fp32'] / 1e12:.0f}); a gradient step costs the "
-      "measured PGD/fwd ratio of forwards (bilora.attacks.plan.forward_equivalents); image "
-      "loading, PNG writing, JPEG and ART's overhead not counted")
+      "measured PGD/fwd ratio of forwards (bilora.attacks.plan.forward_equivalents); the "
+      "'+ ART' rows add ART's measured fixed cost per attack call; image loading, PNG "
+      "writing and JPEG not counted")
     p(f"attack block on every cell: fgsm eps {', '.join(EPS)}; pgd eps {', '.join(EPS)}, "
       f"{PGD_STEPS} steps; then_jpeg [75]; transfer sources per config; max_images M")
     p("")
-    paper_lines, chosen, _ = projection(
+    per_call = None if args.no_art else {m.key: max(0.0, m.ratio("art_pgd1") - m.ratio())
+                                         for m in models}
+    paper_lines, chosen = projection(
         f"paper config ({len(C.cells(cfg))} cells)", cfg, "paper", paper_h["now"], ratio,
-        fwd_s, args)
+        per_call, fwd_s, args)
     lines += paper_lines
     p(f"  (matrix: paper_scale's projection, {paper_h['now']:.2f} H100 h = Bi-LoRA training "
       f"{paper_h['train_now']:.2f} + Bi-LoRA scoring {paper_h['score_now']:.2f} + 14 "
       f"baseline cells {paper_h['baselines']:.2f}; the authors' adapters' scoring not in it)")
     p("")
-    field_lines, _, _ = projection(
+    field_lines, _ = projection(
         f"field config ({len(C.cells(field_cfg))} cells)", field_cfg, "field", field_h, ratio,
-        fwd_s, args)
+        per_call, fwd_s, args)
     lines += field_lines
     p(f"  (matrix: field_scale's {field_mx.cells}-generator matrix, {field_h:.2f} h; its "
       "Bi-LoRA row is the measured H200 rate of benchmarks/results/gpu_check_h200.json)")
     p("")
-    if not args.no_art:
-        art_ratio = {m.key: m.ratio("art_pgd1") for m in models}
-        art_total = sum(grid_hours(with_attacks(cfg, "paper", chosen or args.max_images[0]),
-                                   art_ratio, fwd_s).values())
-        p(f"sensitivity: with the ART PGD-1 / fwd ratios instead, the paper grid at M="
-          f"{chosen or args.max_images[0]} is {art_total:.2f} H100 h "
-          f"({art_total / paper_h['now']:.3f} of the matrix)")
+    if per_call is not None:
+        p("ART's overhead per attack call (ART PGD-1 / fwd minus PGD step / fwd), forwards per "
+          "image: " + ", ".join(f"{MODELS[k][0].split(' (')[0]} {v:.2f}"
+                                for k, v in per_call.items())
+          + "; ART's FGSM and PGD each predict the clean and the adversarial batch once per "
+          "call to log a success rate (art.utils.compute_success): about 2 forwards")
     p("the paper grid and the paper matrix are both counted FLOPs at one MFU: their ratio, "
       "and so the chosen M, do not depend on the MFU assumed")
     p("")
-    p(f"chosen default max_images (paper config, <= {100 * args.budget:.0f} % of its matrix): "
-      f"{chosen}")
+    how = "forward_equivalents alone" if per_call is None else "ART's overhead counted"
+    p(f"chosen default max_images (paper config, {how}, <= {100 * args.budget:.0f} % of its "
+      f"matrix): {chosen}")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     p(f"peak RSS {rss:.2f} GiB; wall {time.perf_counter() - t_start:.0f} s "
       f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
