@@ -22,11 +22,15 @@ projected to H100 hours as: per attacked cell ``forward_equivalents`` (with the 
 ratio as the cost of a gradient step) x images x the per-image scoring forward that the
 paper_scale / field_scale projections use (counted FLOPs at full depth, at ``--mfu`` of the
 H100's bf16 peak), plus the transfer cells' scoring; beside the matrix's own projected total
-(training + scoring, from the same projections), for each ``--max-images``. Usage:
+(training + scoring, from the same projections), for each ``--max-images``. The "+ ART" rows
+add (c) - (b) forwards per image and attack call (ART predicts the clean and the adversarial
+batch once per call to log a success rate); the largest M within ``--budget`` of the paper
+matrix with them counted is printed as the chosen default (``evaluation.attacks.max_images``
+of paper.yaml, field.yaml and the schema). Usage:
 
     python benchmarks/attack_cost.py [--layers 2] [--batch 4] [--rounds 3] [--threads 1]
                                      [--mfu 0.4] [--max-images 16 32 64 128 256]
-                                     [--budget 0.25] [--quick]
+                                     [--budget 0.25] [--no-art] [--quick]
 """
 
 from __future__ import annotations
