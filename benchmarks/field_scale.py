@@ -356,19 +356,28 @@ def projections(field: Field, flops: dict[str, Any]) -> dict[str, Any]:
     full = {k: here[k] + extra * add[k] for k in here}
     adam = st["clip_lora_train"].time(("adam", 0))
     full["clip_lora_train"] += adam * extra / bench  # LoRA parameters scale with the layers
+    return {"here": here, "full": full, "layer_s": {"tower_fwd": fwd, "clip_lora_fwd": lora_fwd,
+                                                    "clip_lora_train": lora_train},
+            "flops_full": full_depth_flops(flops, bench),
+            "flops_bench_tower": flops["tower"][0]}
+
+
+def full_depth_flops(flops: dict[str, Any], bench: int) -> dict[str, float]:
+    """FLOPs per image of each path (``Field.flops``), the CLIP tower's projected from
+    ``bench`` layers to 24 (also ``benchmarks/attack_cost.py``'s per-image forwards)."""
+    from baselines._clip import VIT_L14
+
+    extra = VIT_L14["layers"] - bench
 
     def full_flops(key: str, bwd: bool = False) -> float:
         total, per = flops[key]
         layer = layer_mean(per, bench) + (layer_mean(per, bench, "vision_bwd", 1) if bwd else 0)
         return total + extra * layer
-    fl = {"tower_fwd": full_flops("tower"), "head_fwd": flops["head_fwd"][0],
-          "head_train": flops["head_train"][0],
-          "clip_lora_score": full_flops("clip_lora_score"),
-          "clip_lora_train": full_flops("clip_lora_train", bwd=True),
-          "npr_score": flops["npr_score"][0], "npr_train": flops["npr_train"][0]}
-    return {"here": here, "full": full, "layer_s": {"tower_fwd": fwd, "clip_lora_fwd": lora_fwd,
-                                                    "clip_lora_train": lora_train},
-            "flops_full": fl, "flops_bench_tower": flops["tower"][0]}
+    return {"tower_fwd": full_flops("tower"), "head_fwd": flops["head_fwd"][0],
+            "head_train": flops["head_train"][0],
+            "clip_lora_score": full_flops("clip_lora_score"),
+            "clip_lora_train": full_flops("clip_lora_train", bwd=True),
+            "npr_score": flops["npr_score"][0], "npr_train": flops["npr_train"][0]}
 
 
 # -- the field matrix on a GPU ----------------------------------------------------------------

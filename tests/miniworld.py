@@ -543,7 +543,10 @@ OVERLAY_KEYS = (
     "detectors.bilora_authors.weights.checkpoints.*", "detectors.*.pretrained_file",
     "detectors.*.image_size", "detectors.*.train.epochs", "detectors.*.train.batch_size",
     "detectors.*.eval.batch_size", "evaluation.perturbations.downscale",
-    "evaluation.group_jobs")
+    "evaluation.group_jobs", "evaluation.attacks.max_images", "evaluation.attacks.train")
+#: The attack grid of a rehearsal: the config's grid on a few images of one training
+#: generator's cells (scale: fewer images and cells, the same attacks and transfer).
+REHEARSAL_ATTACKS = {"max_images": 4, "train": ["LDM"]}
 
 
 def overlay_for(world: World, base_url: str | None = None, *, run: str = "paper-rehearsal",
@@ -555,7 +558,7 @@ def overlay_for(world: World, base_url: str | None = None, *, run: str = "paper-
     path (of bilora and bilora_authors), the authors'-form adapter folders, the record's
     URL, the LMDB and GenImage folders, local baseline weights, and the world's own folder
     digests (the published ones cannot match a miniature; the checks keep the paper
-    config's modes)."""
+    config's modes), and the attack grid on 4 images of the LDM cells (REHEARSAL_ATTACKS)."""
     base_url = base_url or world.base_url
     if not base_url:
         raise ValueError("no base_url: serve the world (serve_world) or pass base_url")
@@ -605,7 +608,7 @@ def overlay_for(world: World, base_url: str | None = None, *, run: str = "paper-
         # paper: downscale 256 px images to 112; the same ratio at this size. One scoring
         # job for the Bi-LoRA group (the paper spreads it over 8 GPUs)
         "evaluation": {"perturbations": {"downscale": [max(1, round(112 * s.size / 256))]},
-                       "group_jobs": 1},
+                       "group_jobs": 1, "attacks": copy.deepcopy(REHEARSAL_ATTACKS)},
     }
 
 

@@ -75,6 +75,7 @@ def _base(world, run: str) -> dict:
     over = overlay_for(world, "http://unused.invalid", run=run, data_root=f"data/{run}")
     over["data"]["datasets"] = {}
     over["detectors"].pop("bilora_authors", None)
+    over["evaluation"].pop("attacks")  # these configs attack nothing
     return over
 
 

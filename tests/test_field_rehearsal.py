@@ -58,6 +58,9 @@ def test_field_keeps_the_papers_data_generators_and_evaluation():
     field, paper = C.load_yaml(FIELD), C.load_yaml(PAPER)
     assert C.is_complete(field)
     for key in ("data", "evaluation", "resources", "seed"):
+        if key == "evaluation":  # the field's attacks transfer UnivFD's images too
+            f_src = field[key]["attacks"].pop("transfer")["sources"]
+            assert f_src == paper[key]["attacks"].pop("transfer")["sources"] + ["univfd"]
         assert field[key] == paper[key], key
     assert field["generators"]["test"] == paper["generators"]["test"]
     assert field["generators"]["train"] == paper["generators"]["train"] + ["ProGAN"]

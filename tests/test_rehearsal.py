@@ -29,7 +29,8 @@ pytestmark = pytest.mark.slow
 RULES = {"fetch_zenodo_record", "extract_archives", "rebuild_lsun_real", "check_split_digest",
          "organize_dataset", "prefetch_models", "train_detector", "import_checkpoint",
          "score_cell", "score_group",
-         "gather_scores", "collect_warnings", "compute_metrics", "render_report"}
+         "gather_scores", "collect_warnings", "compute_metrics", "render_report",
+         "attack_cell", "transfer_cell", "render_attack_report"}
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +108,12 @@ def test_a_second_run_has_nothing_to_do_and_a_change_reruns_only_its_cells(rehea
     changed["detectors"]["resnet50"]["train"]["lr"] = 3e-4
     (work / "lr.yaml").write_text(yaml.safe_dump(changed))
     out = smk("-n", "all", "--configfile", paper, str(work / "lr.yaml"), cwd=work)
+    # and the attack axis of the LDM cells (REHEARSAL_ATTACKS): resnet50's attack, and the
+    # other 3 detectors' transfer cells that score its adversarial images (the only source)
     assert job_counts(out.stdout) == {"train_detector": 7, "score_cell": 7,
                                       "collect_warnings": 1, "compute_metrics": 1,
-                                      "render_report": 1, "all": 1}
+                                      "render_report": 1, "attack_cell": 1, "transfer_cell": 3,
+                                      "render_attack_report": 1, "all": 1}
 
 
 def test_the_authors_adapters_were_imported_and_scored(rehearsal):

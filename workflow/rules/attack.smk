@@ -1,5 +1,5 @@
-# The attack axis (evaluation.attacks; none by default in big configs, a small grid in the
-# embedded default):
+# The attack axis (evaluation.attacks; a small grid in the embedded default, the issue's
+# grid on a subset of every test set in paper.yaml and field.yaml):
 #   attack_cell           white-box FGSM / PGD on one cell: adversarial PNGs and their scores
 #   transfer_cell         one cell scores the adversarial images of other detectors' cells
 #   render_attack_report  accuracy / AUC vs eps, evasion and framing, the transfer matrix
