@@ -278,3 +278,51 @@ def test_report_cli_writes_every_named_output(attacked, tmp_path):
     distinct = scores["sha1"].nunique()  # a real in both test sets counts once
     assert set(got["attack"]) == {"none", "fgsm", "pgd"} and (got["images"] == distinct).all()
     assert 16 < distinct <= 32
+
+
+# -- the detector during an attack --------------------------------------------------------
+
+def _timm_tiny(**kwargs):
+    """The timm kind's tiny ResNet (BatchNorm everywhere), dropout before its head."""
+    from bilora.api.detector import create_detector
+    from bilora.api.kinds import kind
+
+    section = copy.deepcopy(kind("timm").tiny)
+    section["model_kwargs"] = {**section["model_kwargs"], **kwargs}
+    return create_detector(section, 0)
+
+
+def _batch(side: int, n: int = 6):
+    import torch
+
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=g)
+    return images, torch.tensor([0, 1] * (n // 2))
+
+
+def test_attack_is_deterministic_and_leaves_the_detector_as_it_was():
+    """Twice the same adversarial images (dropout 0.5 in the model: off during the attack);
+    BatchNorm's running statistics, the train/eval mode and requires_grad unchanged; no
+    parameter holds a gradient afterwards (ART's backward reached the pixels only)."""
+    import torch
+
+    from bilora.attacks.white_box import attack_batch
+
+    det = _timm_tiny(drop_rate=0.5)
+    det.train()  # the attack must switch it to eval, and back
+    det.model.fc.weight.requires_grad_(False)  # a frozen part stays frozen after
+    wanted = {n: p.requires_grad for n, p in det.named_parameters()}
+    buffers = {n: b.clone() for n, b in det.named_buffers()}
+    assert any("running_mean" in n for n in buffers)
+    images, labels = _batch(det.input_size)
+    steps = plan.grid({"fgsm": {"eps": ["8/255"]}, "pgd": {"eps": ["8/255"], "steps": 3}})
+    one = attack_batch(det, images, labels, steps, batch_size=4)
+    two = attack_batch(det, images, labels, steps, batch_size=4)
+    for name in ("fgsm=8", "pgd=8"):
+        assert np.array_equal(one[name], two[name]), name
+        assert (one[name] != images.numpy()).any(), name
+    for n, b in det.named_buffers():
+        assert torch.equal(b, buffers[n]), n
+    assert det.training  # its mode restored
+    assert {n: p.requires_grad for n, p in det.named_parameters()} == wanted
+    assert all(p.grad is None for p in det.parameters())
