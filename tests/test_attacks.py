@@ -326,3 +326,28 @@ def test_attack_is_deterministic_and_leaves_the_detector_as_it_was():
     assert det.training  # its mode restored
     assert {n: p.requires_grad for n, p in det.named_parameters()} == wanted
     assert all(p.grad is None for p in det.parameters())
+
+
+def test_bfloat16_bilora_through_art_stays_within_eps(tiny_base):
+    """Bi-LoRA on a bfloat16 tiny base (CPU) through ART: the margin's float32 logits give
+    ART float32 gradients; the PNG-ready uint8 images stay within eps and change the score;
+    its LoRA keeps requires_grad and gets no gradient."""
+    import torch
+
+    from bilora.api.detector import create_detector
+    from bilora.api.kinds import kind
+    from bilora.attacks.white_box import attack_batch
+
+    section = {**copy.deepcopy(kind("bilora").tiny), "dtype": "bfloat16"}
+    det = create_detector(section, 0, base_dir=str(tiny_base)).eval()
+    trainable = [p for p in det.parameters() if p.requires_grad]
+    assert trainable
+    images, labels = _batch(det.input_size, n=4)
+    steps = plan.grid({"pgd": {"eps": ["4/255"], "steps": 2}})
+    adv = attack_batch(det, images, labels, steps, batch_size=4)["pgd=4"]
+    assert adv.dtype == np.uint8 and adv.shape == tuple(images.shape)
+    gap = np.abs(adv.astype(np.int16) - images.numpy().astype(np.int16))
+    assert 0 < gap.max() <= 4
+    before, after = det.predict_proba(images), det.predict_proba(torch.from_numpy(adv))
+    assert not torch.equal(before, after)
+    assert all(p.requires_grad and p.grad is None for p in trainable)
