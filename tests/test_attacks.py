@@ -351,3 +351,28 @@ def test_bfloat16_bilora_through_art_stays_within_eps(tiny_base):
     before, after = det.predict_proba(images), det.predict_proba(torch.from_numpy(adv))
     assert not torch.equal(before, after)
     assert all(p.requires_grad and p.grad is None for p in trainable)
+
+
+@pytest.mark.parametrize("over, key", [
+    ({"then_jpeg": [75, 90, 75]}, r"then_jpeg: quality listed twice: 75$"),
+    ({"pgd": {"eps": ["2/255", "8/255"], "step_size": "4/255", "steps": 3}},
+     r"pgd\.step_size: '4/255' is larger than eps '2/255'"),
+    ({"train": []}, r"attacks\.train: \[\] attacks no cell"),
+    ({"detectors": []}, r"attacks\.detectors: \[\] attacks no cell"),
+])
+def test_configs_that_would_fail_or_mislead_a_job_are_refused(cfg, over, key):
+    with pytest.raises(ConfigError, match=key) as err:
+        plan.check(_with_attacks(cfg, **over))
+    assert "\n" not in str(err.value)
+
+
+def test_no_attackable_detector_is_refused_and_no_sources_is_no_transfer(cfg):
+    only = {"bilora": {**cfg["detectors"]["bilora"], "readout": "generate"}}
+    with pytest.raises(ConfigError, match=r"no detector can be attacked white-box "
+                                          r"\(detectors\.bilora\.readout"):
+        plan.check(_with_attacks({**cfg, "detectors": only}, transfer=None))
+    # step_size equal to eps is allowed (one step reaches the ball's edge)
+    assert plan.grid({"pgd": {"eps": ["2/255"], "step_size": "2/255", "steps": 1}})
+    no_sources = _with_attacks(cfg, transfer={"sources": []})
+    assert plan.check(no_sources) == [] and plan.transfer_cells(no_sources) == {}
+    assert plan.attacked_cells(no_sources) == plan.attacked_cells(cfg)
