@@ -376,3 +376,56 @@ def test_no_attackable_detector_is_refused_and_no_sources_is_no_transfer(cfg):
     no_sources = _with_attacks(cfg, transfer={"sources": []})
     assert plan.check(no_sources) == [] and plan.transfer_cells(no_sources) == {}
     assert plan.attacked_cells(no_sources) == plan.attacked_cells(cfg)
+
+
+def _image_rows(folder, sizes_labels, gen):
+    """Rows of PNG files of the given (width, height, label), as load_rows gives them."""
+    rng = np.random.default_rng(len(gen))
+    rows = []
+    for i, (w, h, label) in enumerate(sizes_labels):
+        path = folder / f"{gen}-{i}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        rows.append({"generator": gen, "label": label, "abspath": str(path),
+                     "sha1": hashlib.sha1(path.read_bytes()).hexdigest(),
+                     "manifest": "test rows"})
+    return pd.DataFrame(rows)
+
+
+def test_attack_cell_edge_cases_crop_sizes_odd_max_one_class(tmp_path, caplog):
+    """A crop detector on images of other sizes attacks (and saves) its 48-px crop; an odd
+    max_images; a test set without fakes; then transfer to a 32-px resize detector."""
+    from bilora.api.detector import create_detector
+    from bilora.attacks.run import attack_cell, transfer_cell
+
+    det = create_detector(DUMMY, 0).eval()
+
+    class CropDummy(type(det)):
+        @property
+        def input_fit(self):
+            return "crop"
+
+    det.__class__ = CropDummy
+    mixed = [(40, 40, 1), (64, 80, 1), (48, 48, 1), (100, 60, 0), (30, 50, 0), (48, 48, 0)]
+    rows = pd.concat([_image_rows(tmp_path, mixed, "a"),
+                      _image_rows(tmp_path, [(56, 56, 0)] * 4, "reals-only")],
+                     ignore_index=True)
+    steps = plan.grid({"fgsm": {"eps": ["8/255"]}, "pgd": {"eps": ["4/255"], "steps": 2}})
+    out = tmp_path / "attack"
+    spec = _spec(steps, max_images=5, batch_size=4, then_jpeg=[],
+                 test_generators=["a", "reals-only"])
+    with caplog.at_level(logging.INFO, logger="bilora.attacks"):
+        scores = attack_cell(det, rows, spec, out, progress=False)
+    assert "test set reals-only has 0 fakes and 4 reals; its 3 images are attacked" in caplog.text
+    clean = scores[scores["attack"] == "none"]
+    a = clean[clean["test"] == "a"]
+    assert (a["label"] == 1).sum() == 2 and (a["label"] == 0).sum() == 3  # 5: 2 fakes, 3 reals
+    assert (clean[clean["test"] == "reals-only"]["label"] == 0).sum() == 3
+    assert len(scores) == 3 * 8 and scores["p_fake"].notna().all()
+    for row in scores.drop_duplicates("image").itertuples():
+        img = np.asarray(Image.open(out / row.image), dtype=np.int16)
+        assert img.shape == (48, 48, 3), row.image  # the crop, attacked and saved
+        ref = np.asarray(Image.open(out / f"images/none/{row.sha1}.png"), dtype=np.int16)
+        assert np.abs(img - ref).max() <= round(row.eps * 255)
+    other = create_detector({**DUMMY, "image_size": 32}, 7)  # resize, another size
+    got = transfer_cell(other, [("crop", out)], batch_size=4, progress=False)
+    assert len(got) == len(scores) and got["p_fake"].notna().all()
