@@ -429,3 +429,49 @@ def test_attack_cell_edge_cases_crop_sizes_odd_max_one_class(tmp_path, caplog):
     other = create_detector({**DUMMY, "image_size": 32}, 7)  # resize, another size
     got = transfer_cell(other, [("crop", out)], batch_size=4, progress=False)
     assert len(got) == len(scores) and got["p_fake"].notna().all()
+
+
+def _cell_scores(n: int = 6) -> pd.DataFrame:
+    sha = [f"{i:040d}" for i in range(n)]
+    frames = [pd.DataFrame({"test": "g", "label": [1, 0] * (n // 2), "sha1": sha,
+                            "attack": attack, "eps": eps, "post": "none",
+                            "p_fake": [0.9, 0.1] * (n // 2) if attack == "none" else 0.5,
+                            "image": [f"images/{attack}/{s}.png" for s in sha],
+                            "image_sha1": sha, "linf": 0})
+              for attack, eps in (("none", 0.0), ("pgd", 8 / 255))]
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.mark.parametrize("with_transfer", [True, False])
+def test_report_writes_every_output_with_a_transfer_only_detector_or_no_transfer(
+        tmp_path, with_transfer):
+    """Detector e is never attacked (it only scores d's images); without ``transfer`` the
+    transfer table is written empty: the rule declares every file of output_names()."""
+    from bilora.report.attacks import output_names, render_attack_report
+
+    folder = tmp_path / "d" / "train=t" / "seed=0" / "attack"
+    folder.mkdir(parents=True)
+    _cell_scores().to_parquet(folder / "scores.parquet")
+    transfers = []
+    if with_transfer:
+        f = tmp_path / "e" / "train=t" / "seed=0" / "transfer.parquet"
+        f.parent.mkdir(parents=True)
+        _cell_scores().assign(source="d").assign(target="e").to_parquet(f)
+        transfers = [f]
+    spec = {"labels": {"d": "D", "e": "E"}, "detectors": ["d", "e"], "threshold": 0.5,
+            "confidence": 0.95}
+    render_attack_report(spec, [folder], transfers, tmp_path / "t", tmp_path / "f")
+    tables, figures = output_names()
+    assert all((tmp_path / "t" / n).is_file() for n in tables)
+    assert all((tmp_path / "f" / n).is_file() for n in figures)
+    attacks = pd.read_csv(tmp_path / "t" / "attacks.csv")
+    assert set(attacks["detector"]) == {"d"}
+    md = (tmp_path / "t" / "attack_transfer.md").read_text()
+    if with_transfer:
+        got = pd.read_csv(tmp_path / "t" / "attack_transfer.csv")
+        assert set(got["target"]) == {"e"} and list(got["accuracy"]) == [100.0, 50.0]
+        assert "| E" in md or "E |" in md
+    else:  # an empty table that says why, its csv with a header
+        assert "No transferred images" in md
+        assert list(pd.read_csv(tmp_path / "t" / "attack_transfer.csv").columns)[:2] == [
+            "source", "target"]
