@@ -357,6 +357,7 @@ def test_bfloat16_bilora_through_art_stays_within_eps(tiny_base):
     ({"then_jpeg": [75, 90, 75]}, r"then_jpeg: quality listed twice: 75$"),
     ({"pgd": {"eps": ["2/255", "8/255"], "step_size": "4/255", "steps": 3}},
      r"pgd\.step_size: '4/255' is larger than eps '2/255'"),
+    ({"fgsm": {"eps": ["8/255", 0.002]}}, r"fgsm\.eps\[1\]: 0\.002 is below 1/255"),
     ({"train": []}, r"attacks\.train: \[\] attacks no cell"),
     ({"detectors": []}, r"attacks\.detectors: \[\] attacks no cell"),
 ])

@@ -71,6 +71,9 @@ def grid(attacks: dict[str, Any], where: str = "evaluation.attacks") -> list[Ste
             raise ConfigError(f"{where}.{attack}.steps: {steps} is not >= 1")
         for i, value in enumerate(block["eps"]):
             eps = parse_eps(value, f"{where}.{attack}.eps[{i}]")
+            if eps * 255 < 1 - 1e-6:  # the saved image is uint8 within floor(255 eps)
+                raise ConfigError(f"{where}.{attack}.eps[{i}]: {value!r} is below 1/255: the "
+                                  "uint8 image it saves cannot differ from the clean one")
             size = eps
             if attack == "pgd":
                 given = block.get("step_size")
