@@ -476,3 +476,35 @@ def test_report_writes_every_output_with_a_transfer_only_detector_or_no_transfer
         assert "No transferred images" in md
         assert list(pd.read_csv(tmp_path / "t" / "attack_transfer.csv").columns)[:2] == [
             "source", "target"]
+
+
+def test_attack_mode_makes_the_detectors_gpu_the_current_one(monkeypatch):
+    """ART's estimator moves the model to torch.cuda.current_device(): on a detector on
+    cuda:1 the attack runs with cuda:1 current (recorded here without a GPU)."""
+    import contextlib
+
+    import torch
+
+    from bilora.attacks import white_box
+
+    entered = []
+
+    @contextlib.contextmanager
+    def record(device):
+        entered.append(device)
+        yield
+
+    class OnGpu1(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        @property
+        def device(self):
+            return torch.device("cuda:1")
+
+    monkeypatch.setattr(torch.cuda, "device", record)
+    det = OnGpu1()
+    with white_box.attack_mode(det):
+        assert entered == [torch.device("cuda:1")] and not det.w.requires_grad
+    assert det.w.requires_grad and det.training
