@@ -278,3 +278,233 @@ def test_report_cli_writes_every_named_output(attacked, tmp_path):
     distinct = scores["sha1"].nunique()  # a real in both test sets counts once
     assert set(got["attack"]) == {"none", "fgsm", "pgd"} and (got["images"] == distinct).all()
     assert 16 < distinct <= 32
+
+
+# -- the detector during an attack --------------------------------------------------------
+
+def _timm_tiny(**kwargs):
+    """The timm kind's tiny ResNet (BatchNorm everywhere), dropout before its head."""
+    from bilora.api.detector import create_detector
+    from bilora.api.kinds import kind
+
+    section = copy.deepcopy(kind("timm").tiny)
+    section["model_kwargs"] = {**section["model_kwargs"], **kwargs}
+    return create_detector(section, 0)
+
+
+def _batch(side: int, n: int = 6):
+    import torch
+
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=g)
+    return images, torch.tensor([0, 1] * (n // 2))
+
+
+def test_attack_is_deterministic_and_leaves_the_detector_as_it_was():
+    """Twice the same adversarial images (dropout 0.5 in the model: off during the attack);
+    BatchNorm's running statistics, the train/eval mode and requires_grad unchanged; no
+    parameter holds a gradient afterwards (ART's backward reached the pixels only)."""
+    import torch
+
+    from bilora.attacks.white_box import attack_batch
+
+    det = _timm_tiny(drop_rate=0.5)
+    det.train()  # the attack must switch it to eval, and back
+    det.model.fc.weight.requires_grad_(False)  # a frozen part stays frozen after
+    wanted = {n: p.requires_grad for n, p in det.named_parameters()}
+    buffers = {n: b.clone() for n, b in det.named_buffers()}
+    assert any("running_mean" in n for n in buffers)
+    images, labels = _batch(det.input_size)
+    steps = plan.grid({"fgsm": {"eps": ["8/255"]}, "pgd": {"eps": ["8/255"], "steps": 3}})
+    one = attack_batch(det, images, labels, steps, batch_size=4)
+    two = attack_batch(det, images, labels, steps, batch_size=4)
+    for name in ("fgsm=8", "pgd=8"):
+        assert np.array_equal(one[name], two[name]), name
+        assert (one[name] != images.numpy()).any(), name
+    for n, b in det.named_buffers():
+        assert torch.equal(b, buffers[n]), n
+    assert det.training  # its mode restored
+    assert {n: p.requires_grad for n, p in det.named_parameters()} == wanted
+    assert all(p.grad is None for p in det.parameters())
+
+
+def test_bfloat16_bilora_through_art_stays_within_eps(tiny_base):
+    """Bi-LoRA on a bfloat16 tiny base (CPU) through ART: the margin's float32 logits give
+    ART float32 gradients; the PNG-ready uint8 images stay within eps and change the score;
+    its LoRA keeps requires_grad and gets no gradient."""
+    import torch
+
+    from bilora.api.detector import create_detector
+    from bilora.api.kinds import kind
+    from bilora.attacks.white_box import attack_batch
+
+    section = {**copy.deepcopy(kind("bilora").tiny), "dtype": "bfloat16"}
+    det = create_detector(section, 0, base_dir=str(tiny_base)).eval()
+    trainable = [p for p in det.parameters() if p.requires_grad]
+    assert trainable
+    images, labels = _batch(det.input_size, n=4)
+    steps = plan.grid({"pgd": {"eps": ["4/255"], "steps": 2}})
+    adv = attack_batch(det, images, labels, steps, batch_size=4)["pgd=4"]
+    assert adv.dtype == np.uint8 and adv.shape == tuple(images.shape)
+    gap = np.abs(adv.astype(np.int16) - images.numpy().astype(np.int16))
+    assert 0 < gap.max() <= 4
+    before, after = det.predict_proba(images), det.predict_proba(torch.from_numpy(adv))
+    assert not torch.equal(before, after)
+    assert all(p.requires_grad and p.grad is None for p in trainable)
+
+
+@pytest.mark.parametrize("over, key", [
+    ({"then_jpeg": [75, 90, 75]}, r"then_jpeg: quality listed twice: 75$"),
+    ({"pgd": {"eps": ["2/255", "8/255"], "step_size": "4/255", "steps": 3}},
+     r"pgd\.step_size: '4/255' is larger than eps '2/255'"),
+    ({"fgsm": {"eps": ["8/255", 0.002]}}, r"fgsm\.eps\[1\]: 0\.002 is below 1/255"),
+    ({"train": []}, r"attacks\.train: \[\] attacks no cell"),
+    ({"detectors": []}, r"attacks\.detectors: \[\] attacks no cell"),
+])
+def test_configs_that_would_fail_or_mislead_a_job_are_refused(cfg, over, key):
+    with pytest.raises(ConfigError, match=key) as err:
+        plan.check(_with_attacks(cfg, **over))
+    assert "\n" not in str(err.value)
+
+
+def test_no_attackable_detector_is_refused_and_no_sources_is_no_transfer(cfg):
+    only = {"bilora": {**cfg["detectors"]["bilora"], "readout": "generate"}}
+    with pytest.raises(ConfigError, match=r"no detector can be attacked white-box "
+                                          r"\(detectors\.bilora\.readout"):
+        plan.check(_with_attacks({**cfg, "detectors": only}, transfer=None))
+    # step_size equal to eps is allowed (one step reaches the ball's edge)
+    assert plan.grid({"pgd": {"eps": ["2/255"], "step_size": "2/255", "steps": 1}})
+    no_sources = _with_attacks(cfg, transfer={"sources": []})
+    assert plan.check(no_sources) == [] and plan.transfer_cells(no_sources) == {}
+    assert plan.attacked_cells(no_sources) == plan.attacked_cells(cfg)
+
+
+def _image_rows(folder, sizes_labels, gen):
+    """Rows of PNG files of the given (width, height, label), as load_rows gives them."""
+    rng = np.random.default_rng(len(gen))
+    rows = []
+    for i, (w, h, label) in enumerate(sizes_labels):
+        path = folder / f"{gen}-{i}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        rows.append({"generator": gen, "label": label, "abspath": str(path),
+                     "sha1": hashlib.sha1(path.read_bytes()).hexdigest(),
+                     "manifest": "test rows"})
+    return pd.DataFrame(rows)
+
+
+def test_attack_cell_edge_cases_crop_sizes_odd_max_one_class(tmp_path, caplog):
+    """A crop detector on images of other sizes attacks (and saves) its 48-px crop; an odd
+    max_images; a test set without fakes; then transfer to a 32-px resize detector."""
+    from bilora.api.detector import create_detector
+    from bilora.attacks.run import attack_cell, transfer_cell
+
+    det = create_detector(DUMMY, 0).eval()
+
+    class CropDummy(type(det)):
+        @property
+        def input_fit(self):
+            return "crop"
+
+    det.__class__ = CropDummy
+    mixed = [(40, 40, 1), (64, 80, 1), (48, 48, 1), (100, 60, 0), (30, 50, 0), (48, 48, 0)]
+    rows = pd.concat([_image_rows(tmp_path, mixed, "a"),
+                      _image_rows(tmp_path, [(56, 56, 0)] * 4, "reals-only")],
+                     ignore_index=True)
+    steps = plan.grid({"fgsm": {"eps": ["8/255"]}, "pgd": {"eps": ["4/255"], "steps": 2}})
+    out = tmp_path / "attack"
+    spec = _spec(steps, max_images=5, batch_size=4, then_jpeg=[],
+                 test_generators=["a", "reals-only"])
+    with caplog.at_level(logging.INFO, logger="bilora.attacks"):
+        scores = attack_cell(det, rows, spec, out, progress=False)
+    assert "test set reals-only has 0 fakes and 4 reals; its 3 images are attacked" in caplog.text
+    clean = scores[scores["attack"] == "none"]
+    a = clean[clean["test"] == "a"]
+    assert (a["label"] == 1).sum() == 2 and (a["label"] == 0).sum() == 3  # 5: 2 fakes, 3 reals
+    assert (clean[clean["test"] == "reals-only"]["label"] == 0).sum() == 3
+    assert len(scores) == 3 * 8 and scores["p_fake"].notna().all()
+    for row in scores.drop_duplicates("image").itertuples():
+        img = np.asarray(Image.open(out / row.image), dtype=np.int16)
+        assert img.shape == (48, 48, 3), row.image  # the crop, attacked and saved
+        ref = np.asarray(Image.open(out / f"images/none/{row.sha1}.png"), dtype=np.int16)
+        assert np.abs(img - ref).max() <= round(row.eps * 255)
+    other = create_detector({**DUMMY, "image_size": 32}, 7)  # resize, another size
+    got = transfer_cell(other, [("crop", out)], batch_size=4, progress=False)
+    assert len(got) == len(scores) and got["p_fake"].notna().all()
+
+
+def _cell_scores(n: int = 6) -> pd.DataFrame:
+    sha = [f"{i:040d}" for i in range(n)]
+    frames = [pd.DataFrame({"test": "g", "label": [1, 0] * (n // 2), "sha1": sha,
+                            "attack": attack, "eps": eps, "post": "none",
+                            "p_fake": [0.9, 0.1] * (n // 2) if attack == "none" else 0.5,
+                            "image": [f"images/{attack}/{s}.png" for s in sha],
+                            "image_sha1": sha, "linf": 0})
+              for attack, eps in (("none", 0.0), ("pgd", 8 / 255))]
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.mark.parametrize("with_transfer", [True, False])
+def test_report_writes_every_output_with_a_transfer_only_detector_or_no_transfer(
+        tmp_path, with_transfer):
+    """Detector e is never attacked (it only scores d's images); without ``transfer`` the
+    transfer table is written empty: the rule declares every file of output_names()."""
+    from bilora.report.attacks import output_names, render_attack_report
+
+    folder = tmp_path / "d" / "train=t" / "seed=0" / "attack"
+    folder.mkdir(parents=True)
+    _cell_scores().to_parquet(folder / "scores.parquet")
+    transfers = []
+    if with_transfer:
+        f = tmp_path / "e" / "train=t" / "seed=0" / "transfer.parquet"
+        f.parent.mkdir(parents=True)
+        _cell_scores().assign(source="d").assign(target="e").to_parquet(f)
+        transfers = [f]
+    spec = {"labels": {"d": "D", "e": "E"}, "detectors": ["d", "e"], "threshold": 0.5,
+            "confidence": 0.95}
+    render_attack_report(spec, [folder], transfers, tmp_path / "t", tmp_path / "f")
+    tables, figures = output_names()
+    assert all((tmp_path / "t" / n).is_file() for n in tables)
+    assert all((tmp_path / "f" / n).is_file() for n in figures)
+    attacks = pd.read_csv(tmp_path / "t" / "attacks.csv")
+    assert set(attacks["detector"]) == {"d"}
+    md = (tmp_path / "t" / "attack_transfer.md").read_text()
+    if with_transfer:
+        got = pd.read_csv(tmp_path / "t" / "attack_transfer.csv")
+        assert set(got["target"]) == {"e"} and list(got["accuracy"]) == [100.0, 50.0]
+        assert "| E" in md or "E |" in md
+    else:  # an empty table that says why, its csv with a header
+        assert "No transferred images" in md
+        assert list(pd.read_csv(tmp_path / "t" / "attack_transfer.csv").columns)[:2] == [
+            "source", "target"]
+
+
+def test_attack_mode_makes_the_detectors_gpu_the_current_one(monkeypatch):
+    """ART's estimator moves the model to torch.cuda.current_device(): on a detector on
+    cuda:1 the attack runs with cuda:1 current (recorded here without a GPU)."""
+    import contextlib
+
+    import torch
+
+    from bilora.attacks import white_box
+
+    entered = []
+
+    @contextlib.contextmanager
+    def record(device):
+        entered.append(device)
+        yield
+
+    class OnGpu1(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        @property
+        def device(self):
+            return torch.device("cuda:1")
+
+    monkeypatch.setattr(torch.cuda, "device", record)
+    det = OnGpu1()
+    with white_box.attack_mode(det):
+        assert entered == [torch.device("cuda:1")] and not det.w.requires_grad
+    assert det.w.requires_grad and det.training

@@ -71,11 +71,18 @@ def grid(attacks: dict[str, Any], where: str = "evaluation.attacks") -> list[Ste
             raise ConfigError(f"{where}.{attack}.steps: {steps} is not >= 1")
         for i, value in enumerate(block["eps"]):
             eps = parse_eps(value, f"{where}.{attack}.eps[{i}]")
+            if eps * 255 < 1 - 1e-6:  # the saved image is uint8 within floor(255 eps)
+                raise ConfigError(f"{where}.{attack}.eps[{i}]: {value!r} is below 1/255: the "
+                                  "uint8 image it saves cannot differ from the clean one")
             size = eps
             if attack == "pgd":
                 given = block.get("step_size")
                 size = (parse_eps(given, f"{where}.pgd.step_size") if given is not None
                         else eps / 4)
+                if size > eps + 1e-12:
+                    raise ConfigError(f"{where}.pgd.step_size: {given!r} is larger than eps "
+                                      f"{value!r} (every step would leave the eps ball; "
+                                      "null gives eps / 4)")
             out.append({"attack": attack, "eps": eps, "name": condition(attack, eps),
                         "steps": steps, "step_size": size})
     names = [s["name"] for s in out]
@@ -147,11 +154,21 @@ def check(cfg: dict[str, Any], source: str = "config") -> list[str]:
     if not steps:
         raise ConfigError(f"{where}: no attack: give fgsm.eps or pgd.eps")
     dets = C.detectors(cfg)
+    for key, meaning in (("train", "every training generator"),
+                         ("detectors", "every detector with pixel gradients")):
+        if spec.get(key) is not None and not spec[key]:
+            raise ConfigError(f"{where}.{key}: [] attacks no cell (null: {meaning}; no "
+                              "attacks: evaluation.attacks: null)")
+    jpegs = list(spec.get("then_jpeg") or [])
+    twice = sorted({q for q in jpegs if jpegs.count(q) > 1})
+    if twice:
+        raise ConfigError(f"{where}.then_jpeg: quality listed twice: "
+                          f"{', '.join(map(str, twice))}")
     for g in spec.get("train") or []:
         if g not in cfg["generators"]["train"]:
             raise ConfigError(f"{where}.train: {g!r} is not a training generator "
                               f"(generators.train: {', '.join(cfg['generators']['train'])})")
-    lines = []
+    lines, refused = [], []
     for d in spec.get("detectors") or []:
         if d not in dets:
             raise ConfigError(f"{where}.detectors: no detector {d!r}; known: {', '.join(dets)}")
@@ -165,10 +182,14 @@ def check(cfg: dict[str, Any], source: str = "config") -> list[str]:
         for d, s in dets.items():
             refusal = white_box_refusal(s)
             if refusal is not None:
+                refused.append(f"detectors.{d}.{refusal[0]}: {refusal[1]}")
                 lines.append(f"evaluation.attacks: {d} is not attacked white-box "
                              f"(detectors.{d}.{refusal[0]}: {refusal[1]}); it still scores "
                              "the transferred images")
     chosen = white_box_detectors(cfg)
+    if not chosen:
+        raise ConfigError(f"{where}: no detector can be attacked white-box "
+                          f"({'; '.join(refused)}); set evaluation.attacks: null or add one")
     for d in (spec.get("transfer") or {}).get("sources") or []:
         if d not in chosen:
             raise ConfigError(f"{where}.transfer.sources: {d!r} is not attacked white-box "

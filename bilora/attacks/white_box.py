@@ -9,6 +9,9 @@ adversarial image is then quantised to uint8 inside the eps ball, as a published
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
 import numpy as np
 import torch
 from torch import nn
@@ -60,15 +63,39 @@ def quantise(adv: np.ndarray, clean: np.ndarray, eps: float) -> np.ndarray:
     return np.clip(np.clip(q, lo, hi), 0, 255).astype(np.uint8)
 
 
+@contextmanager
+def attack_mode(detector) -> Iterator[None]:
+    """The detector as an attack needs it, restored after: eval mode (no dropout, BatchNorm's
+    running statistics untouched: ART asks for ``train(False)`` too), no parameter
+    requiring a gradient (ART's backward then computes and keeps none: the weights' ``.grad``
+    would cost a backward through every trainable layer and their memory), and its CUDA
+    device the current one (ART's estimator moves the model to the current device)."""
+    was_training = detector.training
+    wanted = [(p, p.requires_grad) for p in detector.parameters()]
+    device = detector.device
+    detector.eval()
+    for p, _ in wanted:
+        p.requires_grad_(False)
+    try:
+        with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
+            yield
+    finally:
+        for p, req in wanted:
+            p.requires_grad_(req)
+        detector.train(was_training)
+
+
 def attack_batch(detector, images: torch.Tensor, labels: torch.Tensor, steps: list[Step],
                  batch_size: int) -> dict[str, np.ndarray]:
     """Adversarial uint8 NCHW images of a uint8 batch at the detector's input size, one array
-    per grid step (keyed by its name), the attack using the true labels (0 real, 1 fake)."""
-    detector.eval()
+    per grid step (keyed by its name), the attack using the true labels (0 real, 1 fake).
+    The detector is left as it was (:func:`attack_mode`)."""
     side = images.shape[-1]
-    clf = art_classifier(detector, side)
     x = images.numpy().astype(np.float32) / 255.0
     y = np.eye(2, dtype=np.float32)[labels.numpy().astype(int)]
     clean = images.numpy()
-    return {s["name"]: quantise(art_attack(clf, s, batch_size).generate(x, y=y), clean, s["eps"])
-            for s in steps}
+    with attack_mode(detector):
+        clf = art_classifier(detector, side)
+        return {s["name"]: quantise(art_attack(clf, s, batch_size).generate(x, y=y), clean,
+                                    s["eps"])
+                for s in steps}

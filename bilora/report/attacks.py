@@ -24,6 +24,12 @@ from bilora.report.layout import Column, Est, Table
 
 TABLES = ("attacks", "attack_transfer")
 FIGURE = "attacks"
+ATTACK_COLUMNS = ["detector", "attack", "eps", "post", "images",
+                  *[f"{m}{s}" for m in ("accuracy", "auc") for s in ("", "_lo", "_hi")],
+                  "evasion", "evasion_lo", "evasion_hi", "evasion_n",
+                  "framing", "framing_lo", "framing_hi", "framing_n"]
+TRANSFER_COLUMNS = ["source", "target", "attack", "eps", "images", "accuracy", "accuracy_lo",
+                    "accuracy_hi"]
 _CELL = re.compile(r"(?P<detector>[^/]+)/train=(?P<train>[^/]+)/seed=(?P<seed>\d+)/[^/]+/?$")
 
 
@@ -155,9 +161,9 @@ def attack_table(scores: pd.DataFrame, spec: dict[str, Any]) -> tuple[Table, pd.
                f"attacked cells and test sets; {conf:.0%} Wilson intervals (AUC: "
                f"Hanley-McNeil). Evasion: fakes called fake when clean, called real after "
                f"the attack; framing: reals called real when clean, called fake after."]
-    table = Table("attacks", "Adversarial robustness", caption, columns, rows,
-                  pd.DataFrame(data), stubs=4)
-    return table, pd.DataFrame(data)
+    frame = pd.DataFrame(data, columns=ATTACK_COLUMNS)  # its header even without rows
+    table = Table("attacks", "Adversarial robustness", caption, columns, rows, frame, stubs=4)
+    return table, frame
 
 
 def _cols(prefix: str, e: Est) -> dict[str, float]:
@@ -197,8 +203,10 @@ def transfer_table(transfers: pd.DataFrame, spec: dict[str, Any]) -> Table:
                "the source's own column is the white-box result; attack none = the same "
                f"images clean. {conf:.0%} Wilson intervals; 'images' is the number each cell "
                "rests on."]
+    notes = [] if rows else ["No transferred images: no evaluation.attacks.transfer.sources "
+                             "(or no cell shares a source's training generator and seed)."]
     return Table("attack_transfer", "Transfer of adversarial images", caption, columns, rows,
-                 pd.DataFrame(data), stubs=3)
+                 pd.DataFrame(data, columns=TRANSFER_COLUMNS), stubs=3, notes=notes)
 
 
 def attack_figure(data: pd.DataFrame, spec: dict[str, Any], out_dir: str | os.PathLike
