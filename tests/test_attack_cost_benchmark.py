@@ -28,7 +28,8 @@ def test_quick_run_prints_ratios_projection_and_a_listed_max_images():
         assert row, label
         fwd, pgd, art, ratio, art_ratio = map(float, row.groups())
         assert fwd > 0 and pgd > 0 and art > 0
-        assert abs(ratio - pgd / fwd) < 0.02 * ratio + 0.01
+        # the times are printed to 0.1 ms: the ratio lies within what that rounding allows
+        assert (pgd - 0.05) / (fwd + 0.05) - 0.01 <= ratio <= (pgd + 0.05) / (fwd - 0.05) + 0.01
         # a PGD step adds a backward to the pixels: measured 2.1-2.8x quick, 2.4-3.1x at real
         # widths (ART's 1-step PGD 5-10x quick); far from 1 either way
         assert ratio > 1.3, (label, ratio)
