@@ -61,8 +61,20 @@ def rule_params(cfg: dict) -> dict[str, str]:
                 C.group_score_spec(cfg, group, chunk))
     out["compute_metrics"] = W.json_param(C.metrics_spec(cfg))
     out["render_report"] = W.json_param(C.report_spec(cfg))
+    from bilora.attacks import plan as A
+
+    for det in W.attacked_detectors(cfg):
+        out[f"attack_cell/{det}"] = W.json_param(A.attack_spec(cfg, det))
+    for det in W.transfer_targets(cfg):
+        out[f"transfer_cell/{det}"] = W.json_param(A.attack_spec(cfg, det))
+    if W.attack_dirs(cfg):
+        out["render_attack_report"] = W.json_param(A.report_spec(cfg))
     out["outputs"] = json.dumps({"tables": W.tables(cfg), "figures": W.figures(cfg),
                                  "models": W.models(cfg), "scores": W.scores(cfg)})
+    if W.attack_dirs(cfg):
+        out["attack_outputs"] = json.dumps({"attacks": W.attack_dirs(cfg),
+                                            "transfers": W.transfer_files(cfg),
+                                            "report": W.attack_outputs(cfg)})
     return out
 
 
