@@ -143,7 +143,9 @@ def transfer_cells(cfg: dict[str, Any]) -> dict[C.Cell, list[C.Cell]]:
 
 def check(cfg: dict[str, Any], source: str = "config") -> list[str]:
     """ConfigError (one line naming the key) for a bad ``evaluation.attacks``; returns the
-    lines to log: detectors left out of white-box attacks, and why."""
+    lines to log: detectors left out of white-box attacks and why, and the ``train`` or
+    ``transfer.sources`` entries this config lacks (left out, so an overlay on the default
+    need not restate the block)."""
     from bilora.api.kinds import white_box_refusal
 
     spec = block(cfg)
@@ -164,11 +166,14 @@ def check(cfg: dict[str, Any], source: str = "config") -> list[str]:
     if twice:
         raise ConfigError(f"{where}.then_jpeg: quality listed twice: "
                           f"{', '.join(map(str, twice))}")
+    lines, refused = [], []
+    # train and transfer.sources name cells of this config: an overlay on the default that
+    # drops sim-LDM or the ResNet50 keeps its attack grid, so what it lacks is a logged note
     for g in spec.get("train") or []:
         if g not in cfg["generators"]["train"]:
-            raise ConfigError(f"{where}.train: {g!r} is not a training generator "
-                              f"(generators.train: {', '.join(cfg['generators']['train'])})")
-    lines, refused = [], []
+            lines.append(f"evaluation.attacks.train: {g!r} is not a training generator here "
+                         f"(generators.train: {', '.join(cfg['generators']['train'])}); "
+                         "no cell trained on it is attacked")
     for d in spec.get("detectors") or []:
         if d not in dets:
             raise ConfigError(f"{where}.detectors: no detector {d!r}; known: {', '.join(dets)}")
@@ -188,12 +193,17 @@ def check(cfg: dict[str, Any], source: str = "config") -> list[str]:
                              "the transferred images")
     chosen = white_box_detectors(cfg)
     if not chosen:
-        raise ConfigError(f"{where}: no detector can be attacked white-box "
-                          f"({'; '.join(refused)}); set evaluation.attacks: null or add one")
+        lines.append(f"evaluation.attacks: no detector here can be attacked white-box "
+                     f"({'; '.join(refused)}); no attack runs (evaluation.attacks: null "
+                     "says so without this note)")
+    elif not attacked_cells(cfg):
+        lines.append("evaluation.attacks: no cell is attacked (evaluation.attacks.train "
+                     "names no training generator of this config)")
     for d in (spec.get("transfer") or {}).get("sources") or []:
-        if d not in chosen:
-            raise ConfigError(f"{where}.transfer.sources: {d!r} is not attacked white-box "
-                              f"(attacked: {', '.join(chosen) or 'none'})")
+        if chosen and d not in chosen:
+            lines.append(f"evaluation.attacks.transfer.sources: {d!r} is not attacked "
+                         f"white-box here (attacked: {', '.join(chosen)}); no images are "
+                         "transferred from it")
     return lines
 
 
