@@ -65,7 +65,7 @@ def test_the_cli_has_exactly_its_commands():
         "gather-scores",
         "collect-warnings", "metrics", "report", "fetch-zenodo", "extract",
         "rebuild-lsun-real", "organize", "tree-digest", "ls", "validate", "schema", "describe",
-        "prefetch", "predict"}
+        "prefetch", "predict", "attack", "transfer", "attack-report"}
     help_text = subprocess.run([sys.executable, "-m", "bilora.cli", "--help"],
                                capture_output=True, text=True, check=True).stdout
     assert all(name in help_text for name in sub.choices)
