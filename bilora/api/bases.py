@@ -43,6 +43,9 @@ class VLMBase(ABC):
 
     model_type: ClassVar[str]
     display: ClassVar[str]  # the name tables and descriptions show
+    #: the module name of the language model in the whole model: ``lora.target_modules``
+    #: resolve under it (``bilora/kinds/bilora/targets.py``)
+    language_model: ClassVar[str] = "language_model"
     stages: ClassVar[tuple[str, ...]]
     parts: ClassVar[dict[str, str]]
     #: hub ids whose architecture ships with the package (no download to describe them)

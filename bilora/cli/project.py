@@ -50,7 +50,12 @@ def cmd_describe(args: argparse.Namespace) -> int:
     dets = C.detectors(cfg)
     if args.detector not in dets:
         raise ConfigError(f"no detector {args.detector!r} in the config; known: {', '.join(dets)}")
-    for line in describe(dets[args.detector]):
+    try:
+        lines = describe(dets[args.detector])
+    except ConfigError as exc:
+        raise ConfigError(f"{args.configfile or C.default_config_path()}: "
+                          f"detectors.{args.detector}: {exc}") from None
+    for line in lines:
         print(line)
     return 0
 

@@ -94,7 +94,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         log.info("poisoning: %d of %d training images (of %d fakes) stamped with the "
                  "trigger and labelled %s (fraction %g)", int(stamped.sum()), len(rows),
                  n_fake, poison["target"], poison["fraction"])
-    det = create_detector(spec["detector"], seed=spec["seed"], base_dir=args.base)
+    try:
+        det = create_detector(spec["detector"], seed=spec["seed"], base_dir=args.base)
+    except ConfigError as exc:
+        raise ConfigError(f"detectors.{spec['detector_id']}: {exc}") from None
     det.to(resolve_device(spec["device"]))
     counts = det.parameter_counts()
     log.info("%s: %d images of %s; parameters %d, trainable %d", spec["detector_id"], len(rows),

@@ -11,10 +11,12 @@ def meta_bilora(det_cfg: dict[str, Any]):
     from peft import get_peft_model
 
     from bilora.kinds.bilora.detector import base_of, lora_config
+    from bilora.kinds.bilora.targets import resolve_targets
 
     base = base_of(det_cfg)
     with torch.device("meta"):
         model = base.model_class()(base.meta_config(det_cfg["base_model"]))
+        resolve_targets(model, det_cfg)
         return get_peft_model(model, lora_config(det_cfg))
 
 
@@ -32,8 +34,15 @@ def describe_bilora(det_cfg: dict[str, Any]) -> list[str]:
              f"total parameters: {total:,}",
              f"trainable parameters: {trainable:,} ({100 * trainable / total:.3f} %)",
              f"LoRA r={det_cfg['lora']['r']} alpha={det_cfg['lora']['alpha']} "
-             f"dropout={det_cfg['lora']['dropout']} on {len(mods)} modules:"]
+             f"dropout={det_cfg['lora']['dropout']} on {len(mods)} modules "
+             f"({_scope(det_cfg, base)}):"]
     lines += [f"  {m}" for m in mods]
     if det_cfg["extra_trainable"]:
         lines.append("also trained: " + ", ".join(det_cfg["extra_trainable"]))
     return lines + base.memory_lines(det_cfg, model)
+
+
+def _scope(det_cfg: dict[str, Any], base: Any) -> str:
+    if det_cfg["lora"].get("scope", "language_model") == "all":
+        return "lora.scope: all, the whole model"
+    return f"the language model only: {base.language_model}"

@@ -19,6 +19,7 @@ import torch
 
 from bilora.api.detector import Detector
 from bilora.kinds.bilora import base_of, white_box
+from bilora.kinds.bilora.targets import resolve_targets
 
 
 def lora_config(cfg: dict[str, Any]):
@@ -105,6 +106,7 @@ class BiLoRADetector(Detector):
         path = base_model_path(cfg, base_dir)
         base = base_of(cfg)
         model = base.load_model(path, cfg)
+        resolve_targets(model, cfg)  # a ConfigError before any weight is adapted
         processor = base.load_processor(path)
         torch.manual_seed(seed)
         model = get_peft_model(model, lora_config(cfg))
