@@ -17,17 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from bilora.api.bases import Section, VLMBase
-from bilora.errors import ArtifactError, ConfigError
+from bilora.bases.common import load_frozen, processed_pixels, torch_dtype
+from bilora.errors import ArtifactError
 
 HERE = Path(__file__).resolve().parent
 OPT_2_7B = HERE / "arch" / "blip2-opt-2.7b.json"
-
-
-def torch_dtype(name: str):
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16,
-            "float16": torch.float16}[name]
 
 
 class BLIP2(VLMBase):
@@ -118,23 +112,7 @@ class BLIP2(VLMBase):
     def load_model(cls, path: str, section: Section):
         """The frozen BLIP-2: its dtype, attention kernel and, on CUDA only, optional 8-bit
         weights (bitsandbytes, the authors' loading)."""
-        import torch
-
-        kwargs: dict[str, Any] = {"dtype": torch_dtype(section["dtype"]),
-                                  "attn_implementation": section["attn_implementation"]}
-        if section["load_in_8bit"]:
-            try:
-                import bitsandbytes  # noqa: F401
-                from transformers import BitsAndBytesConfig
-            except ImportError:
-                raise ConfigError("load_in_8bit needs bitsandbytes: pip install "
-                                  "'bilora-bench[int8]' (CUDA only)") from None
-            if not torch.cuda.is_available():
-                raise ConfigError("load_in_8bit needs a CUDA GPU (bitsandbytes); set it to "
-                                  "false")
-            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-            kwargs["device_map"] = {"": torch.cuda.current_device()}
-        return cls.model_class().from_pretrained(path, **kwargs)
+        return load_frozen(cls.model_class(), path, section)
 
     @classmethod
     def load_processor(cls, path: str | Path):
@@ -184,24 +162,10 @@ class BLIP2(VLMBase):
 
     def pixel_features(self, pixels, stage: str):
         """``features`` of float images in [0, 1], differentiable in ``pixels``: the image
-        processor's steps as torch ops. At the processor's size its resize leaves an image as
-        it is (``tests/test_pixel_margin.py``); another size is resized as it resizes (bicubic,
-        antialiased), then rescaled and normalised with its mean and std."""
-        import torch
-        import torch.nn.functional as F
-
-        proc = self.processor.image_processor
-        x = pixels.to(self.device, torch.float32) * 255.0  # the processor's uint8 scale
-        size = self.input_size
-        if proc.do_resize and x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False,
-                              antialias=True).clamp(0, 255)
-        if proc.do_rescale:
-            x = x * proc.rescale_factor
-        if proc.do_normalize:
-            mean = torch.tensor(proc.image_mean, device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(proc.image_std, device=x.device).view(1, -1, 1, 1)
-            x = (x - mean) / std
+        processor's steps as torch ops (its bicubic antialiased resize; at its size the
+        resize leaves an image as it is: ``tests/test_pixel_margin.py``)."""
+        x = processed_pixels(self.processor.image_processor, pixels, self.input_size,
+                             self.device)
         return self._from_pixel_values(x.to(torch_dtype(self.section["dtype"])), stage)
 
     def continue_features(self, stage: str, x, until: str = "projected"):
