@@ -46,12 +46,17 @@ class VLMBase(ABC):
     #: the module name of the language model in the whole model: ``lora.target_modules``
     #: resolve under it (``bilora/kinds/bilora/targets.py``)
     language_model: ClassVar[str] = "language_model"
+    #: the LoRA targets that are this base's counterpart of the paper's q_proj/k_proj (its
+    #: language model's attention projections), for configs that compare bases
+    default_targets: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj")
     stages: ClassVar[tuple[str, ...]]
     parts: ClassVar[dict[str, str]]
     #: hub ids whose architecture ships with the package (no download to describe them)
     shipped: ClassVar[dict[str, Path]] = {}
     #: the schema of ``base_model.tiny`` for this base
     tiny_schema: ClassVar[Path]
+    #: a small ``base_model.tiny`` section of this base (the contract test builds it)
+    tiny_example: ClassVar[Section]
     #: the artifact type of a pretrained checkpoint (bilora.artifacts)
     artifact: ClassVar[str]
 
@@ -118,10 +123,20 @@ class VLMBase(ABC):
         """``bilora describe``'s estimate of peak training memory; none by default."""
         return ["peak GPU memory of training: no estimate for this base"]
 
+    def inner(self) -> Any:
+        """The base model under any PEFT wrapper."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") \
+            else self.model
+
     @property
-    @abstractmethod
+    def device(self) -> Any:
+        return next(self.model.parameters()).device
+
+    @property
     def input_size(self) -> int:
-        """Side of the square images the processor wants."""
+        """Side of the square images the processor wants (its ``size``)."""
+        size = self.processor.image_processor.size
+        return int(size.get("height") or size.get("shortest_edge"))
 
     @abstractmethod
     def tokenizer(self) -> Any:

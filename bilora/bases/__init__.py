@@ -5,4 +5,5 @@ One module or folder per base, registered here by its checkpoint's ``model_type`
 
 BASES = {
     "blip-2": "bilora.bases.blip2:BLIP2",
+    "vision-encoder-decoder": "bilora.bases.vit_gpt2:ViTGPT2",
 }

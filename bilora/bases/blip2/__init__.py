@@ -16,8 +16,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from bilora.api.base_tools import load_frozen, processed_pixels, section_config, torch_dtype
 from bilora.api.bases import Section, VLMBase
-from bilora.bases.common import load_frozen, processed_pixels, torch_dtype
 from bilora.errors import ArtifactError
 
 HERE = Path(__file__).resolve().parent
@@ -35,13 +35,17 @@ class BLIP2(VLMBase):
     shipped = {"Salesforce/blip2-opt-2.7b": OPT_2_7B,
                "ybelkada/blip2-opt-2.7b-fp16-sharded": OPT_2_7B}
     tiny_schema = HERE / "tiny.schema.yaml"
+    tiny_example = {"vision_width": 16, "qformer_width": 16, "text_width": 16,
+                    "vision_layers": 1, "qformer_layers": 1, "text_layers": 1, "heads": 2,
+                    "image_size": 32, "patch_size": 8, "num_query_tokens": 4,
+                    "init_std": {"vision": 0.02, "other": 0.2}}
     artifact = "blip2"
 
     def __init__(self, model: Any, processor: Any, section: Section, path: str):
         import torch
 
         super().__init__(model, processor, section, path)
-        conf = self._inner().config
+        conf = self.inner().config
         tok = processor.tokenizer
         if conf.image_token_index is None:
             conf.image_token_index = tok.convert_tokens_to_ids(processor.image_token.content)
@@ -87,20 +91,9 @@ class BLIP2(VLMBase):
     def meta_config(cls, base: Section):
         from transformers import Blip2Config
 
-        if base["source"] == "tiny":
-            from bilora.bases.blip2.tiny import tiny_config
+        from bilora.bases.blip2.tiny import tiny_config
 
-            return tiny_config(base["tiny"])
-        name = base["name_or_path"]
-        if name in cls.shipped:
-            data = json.loads(cls.shipped[name].read_text())
-            data.pop("_comment", None)
-            return Blip2Config(**data)
-        if (Path(name) / "config.json").exists():
-            return Blip2Config.from_pretrained(name)
-        raise FileNotFoundError(f"no architecture known for base_model.name_or_path {name!r}: "
-                                f"shipped: {', '.join(cls.shipped)}; or give a local "
-                                "checkpoint folder")
+        return section_config(Blip2Config, base, cls.shipped, tiny_config)
 
     @classmethod
     def model_class(cls) -> type:
@@ -127,25 +120,11 @@ class BLIP2(VLMBase):
         return memory_lines(section, model)
 
     # -- one loaded model -------------------------------------------------------------------
-    def _inner(self):
-        """The BLIP-2 model under any PEFT wrapper."""
-        return self.model.get_base_model() if hasattr(self.model, "get_base_model") \
-            else self.model
-
-    @property
-    def device(self):
-        return next(self.model.parameters()).device
-
-    @property
-    def input_size(self) -> int:
-        size = self.processor.image_processor.size
-        return int(size.get("height") or size.get("shortest_edge"))
-
     def tokenizer(self):
         return self.processor.tokenizer
 
     def frozen_modules(self, extra_trainable: list[str]) -> list[Any]:
-        base = self._inner()
+        base = self.inner()
         return [getattr(base, n) for n in ("vision_model", "qformer")
                 if n not in extra_trainable]
 
@@ -157,7 +136,7 @@ class BLIP2(VLMBase):
         return self._from_pixel_values(self.pixel_values(images), stage)
 
     def _from_pixel_values(self, pixel_values, stage: str):
-        x = self._inner().vision_model(pixel_values=pixel_values).last_hidden_state
+        x = self.inner().vision_model(pixel_values=pixel_values).last_hidden_state
         return self.continue_features("vision", x, stage)
 
     def pixel_features(self, pixels, stage: str):
@@ -171,7 +150,7 @@ class BLIP2(VLMBase):
     def continue_features(self, stage: str, x, until: str = "projected"):
         import torch
 
-        base = self._inner()
+        base = self.inner()
         order = self.stages.index
         if order(stage) < order("qformer") <= order(until):
             mask = torch.ones(x.shape[:-1], dtype=torch.long, device=x.device)

@@ -13,25 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from bilora.api.base_tools import init_normal_, word_tokenizer
 from bilora.atomic import atomic_path
 
 # Word-level vocabulary: OPT's conventions for special tokens, then the caption words.
 VOCAB = ["<pad>", "</s>", "<unk>", "<image>", "real", "fake", "a", "photo", "image", "of"]
 PAD, BOS, UNK, IMAGE = 0, 1, 2, 3
-
-
-def _init_(module, std: float) -> None:
-    """Re-initialise every Linear / Embedding / LayerNorm below ``module``."""
-    import torch.nn as nn
-
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Embedding, nn.Conv2d)):
-            nn.init.normal_(m.weight, 0.0, std)
-            if getattr(m, "bias", None) is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def tiny_config(cfg: dict[str, Any]):
@@ -83,31 +70,24 @@ def make_tiny_blip2(cfg: dict[str, Any], seed: int):
     query tokens near zero, and then nothing learns).
     """
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import (
         Blip2ForConditionalGeneration,
         Blip2Processor,
         BlipImageProcessor,
-        PreTrainedTokenizerFast,
     )
 
     torch.manual_seed(seed)
     model = Blip2ForConditionalGeneration(tiny_config(cfg))
     std_v, std_o = cfg["init_std"]["vision"], cfg["init_std"]["other"]
-    _init_(model.vision_model, std_v)
+    init_normal_(model.vision_model, std_v)
     with torch.no_grad():
         model.vision_model.embeddings.class_embedding.normal_(0, std_v)
         model.vision_model.embeddings.position_embedding.normal_(0, std_v)
         model.query_tokens.normal_(0, std_o)
     for part in (model.qformer, model.language_projection, model.language_model):
-        _init_(part, std_o)
+        init_normal_(part, std_o)
 
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
-        unk_token="<unk>",
-    )
+    tokenizer = word_tokenizer(VOCAB, bos="</s>", pad="<pad>")
     size = cfg["image_size"]
     image_processor = BlipImageProcessor(
         size={"height": size, "width": size}, do_resize=True, do_rescale=True,

@@ -1,8 +1,11 @@
-"""What several VLM bases share: the frozen model's loading and the image processor's steps
-as torch ops (the differentiable image path of white-box attacks)."""
+"""What several VLM bases share: the architecture of a ``base_model`` section, the frozen
+model's loading, the image processor's steps as torch ops (the differentiable image path of
+white-box attacks), and the tiny stand-ins' initialisation and word-level tokenizer."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from bilora.errors import ConfigError
@@ -62,3 +65,46 @@ def processed_pixels(proc: Any, pixels: Any, size: int, device: Any):
         std = torch.tensor(proc.image_std, device=x.device).view(1, -1, 1, 1)
         x = (x - mean) / std
     return x
+
+
+def section_config(config_class: type, base: dict[str, Any], shipped: dict[str, Path],
+                   tiny_config: Any):
+    """The ``config_class`` a ``base_model`` section loads, without weights: ``tiny_config``
+    of its tiny section, a shipped architecture, or a local checkpoint's config.json."""
+    if base["source"] == "tiny":
+        return tiny_config(base["tiny"])
+    name = base["name_or_path"]
+    if name in shipped:
+        data = json.loads(shipped[name].read_text())
+        data.pop("_comment", None)
+        return config_class(**data)
+    if (Path(name) / "config.json").exists():
+        return config_class.from_pretrained(name)
+    raise FileNotFoundError(f"no architecture known for base_model.name_or_path {name!r}: "
+                            f"shipped: {', '.join(shipped)}; or give a local checkpoint folder")
+
+
+def init_normal_(module: Any, std: float) -> None:
+    """Re-initialise every Linear / Embedding / Conv2d (normal, std ``std``, zero bias) and
+    LayerNorm (ones, zeros) below ``module``."""
+    import torch.nn as nn
+
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding, nn.Conv2d)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def word_tokenizer(vocab: list[str], bos: str, pad: str, unk: str = "<unk>"):
+    """A word-level fast tokenizer over ``vocab`` (whitespace split), BOS = EOS = ``bos``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=bos,
+                                   pad_token=pad, unk_token=unk)
