@@ -265,6 +265,9 @@ def _expand_ablations(cfg: dict[str, Any], source: str = "config"
         base = cfg["detectors"][det]
         for key, values in sweeps.items():
             where = f"{source}: ablations.{det}.{key}"
+            if isinstance(values, dict):
+                out.update(_named_variants(det, base, key, values, where, out))
+                continue
             current = _get(base, key, where)
             short = key.rsplit(".", 1)[-1]
             if sum(k.rsplit(".", 1)[-1] == short for k in sweeps) > 1:
@@ -284,6 +287,35 @@ def _expand_ablations(cfg: dict[str, Any], source: str = "config"
             raise ConfigError(f"{source}: poisoning: the variant id {vid!r} is also an "
                               "ablation variant")
         out[vid] = entry
+    return out
+
+
+def _named_variants(det: str, base: dict[str, Any], key: str,
+                    named: dict[str, dict[str, Any] | None], where: str,
+                    taken: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """A named sweep: ``{name: {dotted key: value, ...}}``, each name a variant
+    ``<det>@<key>=<name>`` whose section is the detector's with those keys replaced; a null
+    entry names the detector itself (the report's base value)."""
+    own = [name for name, over in named.items() if over is None]
+    if len(own) > 1:
+        raise ConfigError(f"{where}: {', '.join(own)} are all null; one entry at most names "
+                          "the detector itself")
+    out = {}
+    for name, over in named.items():
+        if over is None:
+            continue
+        section = copy.deepcopy(base)
+        for dotted, value in over.items():
+            parent = dotted.rpartition(".")[0]
+            if parent:
+                _get(section, parent, f"{where}.{name}")
+            _set(section, dotted, value)
+        section.pop("label", None)
+        vid = f"{det}{VARIANT_MARK}{key}={name}"
+        if vid in taken:
+            raise ConfigError(f"{where}: the variant id {vid!r} is given twice")
+        info = {"base": det, "key": key, "value": name, "named": True}
+        out[vid] = (section, {**info, "base_name": own[0]} if own else info)
     return out
 
 
@@ -627,6 +659,10 @@ def published_file(path: str) -> str:
 def report_spec(cfg: dict[str, Any]) -> ReportSpec:
     out_variants = {}
     for vid, info in variants(cfg).items():
+        if info.get("named"):  # a named sweep: its null entry names the base detector
+            out_variants[vid] = ({**info, "base_value": info["base_name"]}
+                                 if "base_name" in info else dict(info))
+            continue
         base_value = (0.0 if info["key"] == POISON_KEY  # the base detector is unpoisoned
                       else _get(cfg["detectors"][info["base"]], info["key"], "ablations"))
         out_variants[vid] = {**info, "base_value": base_value}
