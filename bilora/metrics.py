@@ -101,7 +101,11 @@ INTERVAL_METRICS = (*COUNT_METRICS, "auc")
 PD_TARGETS = {"5%": 0.05, "1%": 0.01}
 POINT_COLUMNS = ["n", "n_fake", "n_real", "unlabelled", "tp", "tn", "fp", "fn", "accuracy",
                  "f1", "tpr", "tnr", "auc", "auc_hard", "ap", "pd@5%", "pd@1%",
-                 "pd@5%_nearest", "pd@1%_nearest", "auc_var", "auc_var_fake"]
+                 "pd@5%_nearest", "pd@1%_nearest", "auc_var", "auc_var_fake", "ece", "brier"]
+#: equal-width bins of P(fake) for calibration: per group, answered fakes and reals and the
+#: sum of their scores in each bin (score histograms per class, the reliability diagram)
+CAL_BINS = 10
+CAL_COLUMNS = [f"cal_{part}_{b}" for part in ("fake", "real", "psum") for b in range(CAL_BINS)]
 V01_SCALE = 65535  # V01 is stored as round(V01 * V01_SCALE) in uint16
 
 
@@ -163,7 +167,8 @@ def group_metrics(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray,
     if not np.issubdtype(s.dtype, np.floating):
         s = s.astype(float)
     if len(g) == 0:
-        return {k: np.zeros(0) for k in [*POINT_COLUMNS, "first", "v01"]}
+        return {**{k: np.zeros(0) for k in [*POINT_COLUMNS, "first", "v01"]},
+                "cal": np.zeros((0, len(CAL_COLUMNS)))}
     G = int(g.max()) + 1
     nan = np.isnan(s)
     correct = ((s >= threshold) == y) & ~nan  # NaN: wrong whatever the label
@@ -180,6 +185,7 @@ def group_metrics(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray,
         "tp": tp, "tn": tn, "fp": n_real - tn, "fn": n_fake - tp}
     for m in COUNT_METRICS:
         out[m] = count_metric(m, tp, tn, n_fake, n_real)
+    out.update(_calibration(g, y, s, ~nan, G))
 
     # one sort by (group, score descending): ROC, AP, PD@FPR and DeLong all read it
     s = np.where(nan, s.dtype.type(0.5), s)
@@ -289,6 +295,25 @@ def fake_sets(groups: np.ndarray, labels: np.ndarray, sha1: pd.Categorical) -> n
     return image_sets(groups, np.asarray(labels).astype(bool), sha1)[0]
 
 
+def _calibration(g: np.ndarray, y: np.ndarray, s: np.ndarray, ok: np.ndarray, G: int
+                 ) -> dict[str, np.ndarray]:
+    """ECE and Brier score of P(fake) per group over the answered images (``ok``), and the
+    per-bin counts behind them (``cal``: [G, CAL_COLUMNS]). ECE = sum over bins of
+    |fakes in the bin - sum of its scores| / answered images: the bin-weighted gap between
+    the share of fakes and the mean score."""
+    b = np.clip((np.where(ok, s, 0.0) * CAL_BINS).astype(np.int64), 0, CAL_BINS - 1)
+    idx, size = g * CAL_BINS + b, G * CAL_BINS
+    fake = np.bincount(idx[ok & y], minlength=size).reshape(G, CAL_BINS)
+    real = np.bincount(idx[ok & ~y], minlength=size).reshape(G, CAL_BINS)
+    psum = np.bincount(idx[ok], weights=s[ok], minlength=size).reshape(G, CAL_BINS)
+    answered = fake.sum(1) + real.sum(1)
+    sq = np.bincount(g[ok], weights=(s[ok] - y[ok]) ** 2, minlength=G)
+    with np.errstate(divide="ignore", invalid="ignore"):  # nothing answered: NaN
+        ece = np.abs(fake - psum).sum(1) / answered
+        brier = sq / answered
+    return {"ece": ece, "brier": brier, "cal": np.hstack([fake, real, psum]).astype(float)}
+
+
 def compute(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """Point metrics of one set of (label, P(fake)) pairs."""
     y = np.asarray(labels)
@@ -312,6 +337,7 @@ def metrics_table(scores: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
     table = df.iloc[m["first"]][keys].reset_index(drop=True)
     for k in POINT_COLUMNS:
         table[k] = m[k]
+    table[CAL_COLUMNS] = m["cal"]
     if "sha1" in df.columns:
         sha1 = pd.Categorical(df["sha1"])
         if (np.asarray(sha1.codes)[df["label"].to_numpy() == 0] < 0).any():
@@ -386,6 +412,7 @@ def file_metrics(path: str | os.PathLike, threshold: float = 0.5
     labels = df["label"].to_numpy()
     m = group_metrics(dense, labels, df["p_fake"].to_numpy(), threshold)
     first = m.pop("first")
+    cal = pd.DataFrame(m.pop("cal"), columns=CAL_COLUMNS)
     real_set, real_order = real_sets(dense, labels, df["sha1"].array)
     fake_set = fake_sets(dense, labels, df["sha1"].array)
     v01 = np.rint(m.pop("v01")[real_order] * V01_SCALE)
@@ -397,6 +424,7 @@ def file_metrics(path: str | os.PathLike, threshold: float = 0.5
                           **{k: m[k] for k in POINT_COLUMNS}, "real_set": real_set,
                           "fake_set": fake_set},
                          index=range(len(first)))
+    table = pd.concat([table, cal], axis=1)
     # keep V01 of groups whose share holds two or more groups with an AUC
     n_real = table["n_real"].to_numpy()
     stop = np.cumsum(n_real)
@@ -643,7 +671,8 @@ def run_metrics(score_paths: Sequence[str | os.PathLike], out_parquet: str | os.
         lengths.append(length)
         log.info("%s: %d groups", path, len(t))
     table = (pd.concat(tables, ignore_index=True) if tables
-             else pd.DataFrame(columns=[*KEYS, *POINT_COLUMNS, "real_set", "fake_set"]))
+             else pd.DataFrame(columns=[*KEYS, *POINT_COLUMNS, "real_set", "fake_set",
+                                        *CAL_COLUMNS]))
     del tables
     tp_d, tn_d = draw_counts(table, resamples, seed)
     table = add_intervals(table, tp_d, tn_d, confidence)

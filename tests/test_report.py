@@ -647,3 +647,38 @@ def test_pairing_says_every_other_set_when_all_share_their_reals(run):
     frame = pairing(ctx, rows).data.set_index("generator")
     assert (frame["same_reals_as"] == "every other test set").all()
     assert (frame["reals"] == 2).all() and (frame["fakes"] == 2).all()
+
+
+def test_calibration_table_counts_answers_and_pools_each_models_test_sets(run):
+    from bilora.metrics import compute
+
+    cal = pd.read_csv(run["dir"] / "tables" / "calibration.csv")
+    done = cal.dropna(subset=["n"])
+    assert len(done) and (done["said_fake"] + done["said_real"] + done["other"]
+                          == done["n"]).all()
+    # the one file with unanswered images (bilora, G2, seed 1: 3 NaN fakes of G1, clean)
+    other = done.set_index(["detector", "train", "seed"])["other"]
+    assert other.loc[("bilora", "G2", 1)] == 3 and other.drop(("bilora", "G2", 1)).eq(0).all()
+    # ECE and Brier equal those of the model's clean images of every test set put together
+    path = next(p for p in run["scores"] if p.name == "scores_resnet50_G1_1.parquet")
+    df = pd.read_parquet(path)
+    clean = df[(df["perturbation"] == "none") & df["generator"].isin(TEST)]
+    want = compute(clean["label"].to_numpy(), clean["p_fake"].to_numpy())
+    row = done.set_index(["detector", "train", "seed"]).loc[("resnet50", "G1", 1)]
+    assert row["ece"] == pytest.approx(want["ece"], abs=1e-5)  # the csv keeps 6 digits
+    assert row["brier"] == pytest.approx(want["brier"], abs=1e-5)
+    assert 0 < row["ece"] < 1
+    assert (run["dir"] / "figures" / "calibration.png").exists()
+
+
+def test_metrics_without_calibration_bins_say_how_to_fill_them(run, tmp_path):
+    from bilora.metrics import CAL_COLUMNS
+
+    d = run["dir"]
+    old = pd.read_parquet(d / "metrics.parquet").drop(columns=CAL_COLUMNS)
+    old.to_parquet(tmp_path / "metrics.parquet")
+    render_report(tmp_path / "metrics.parquet", d / "bootstrap.npz", run["spec"],
+                  tmp_path / "tables", tmp_path / "figures", run["manifests"], run["scores"],
+                  d / "warnings.json")
+    text = (tmp_path / "tables" / "calibration.md").read_text()
+    assert "snakemake --forcerun compute_metrics" in text and "| n/a |" in text

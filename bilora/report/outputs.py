@@ -33,6 +33,7 @@ def table_files(spec: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     if spec.get("backdoor"):
         out["backdoor"] = TABLE_EXTS
     out["unlabelled"] = ("csv", "md")
+    out["calibration"] = ("csv", "md")
     out["preprocessing"] = ("csv", "md")
     out["data_card"] = ("csv", "md")
     out["pairing"] = ("csv", "md")
@@ -45,6 +46,7 @@ def figure_names(spec: dict[str, Any]) -> list[str]:
     names = [f"heatmap_{det}" for det in detectors(spec)] + ["robustness"]
     if spec.get("variants"):
         names.append("ablation")
+    names.append("calibration")
     return names
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from bilora.errors import ConfigError
 from bilora.report import data_card as card
 from bilora.report import figures, tables
+from bilora.report.calibration import calibration, calibration_figure
 from bilora.report.context import (
     Context,
     Notice,
@@ -120,6 +121,9 @@ def render_report(metrics_path: str | os.PathLike, bootstrap_path: str | os.Path
         paths += figures.ablation(built["sweeps"], spec["labels"],
                                   f"{note}\nerror bars: {ctx.percent()} intervals; "
                                   "labels: trainable parameters", figures_dir)
+    paths += calibration_figure(ctx, f"{note}\nreliability (share of fakes vs mean P(fake) per "
+                                "bin; dotted: calibrated) and scores per class, clean images",
+                                figures_dir)
     _check(spec, paths, tables_dir, figures_dir)
     return paths
 
@@ -155,7 +159,7 @@ def _build(ctx: Context) -> dict[str, Any]:
         from bilora.report.backdoor import backdoor
 
         built.append(backdoor(ctx))
-    built += [tables.unlabelled(ctx), tables.preprocessing(ctx),
+    built += [tables.unlabelled(ctx), calibration(ctx), tables.preprocessing(ctx),
               card.data_card(ctx, ctx.manifests, ctx.present),
               card.pairing(ctx, ctx.manifests)]
     return {"tables": built, "heat": heat, "robustness": rob["accuracy"].data,

@@ -225,26 +225,38 @@ def robustness_by_train(ctx: Context) -> Table:
 
 # -- 6. unlabelled answers ------------------------------------------------------------
 
-def unlabelled(ctx: Context) -> Table:
-    """Images without a label from the detector, per cell, clean images (zeros kept)."""
+def clean_groups(ctx: Context) -> pd.DataFrame:
+    """The metrics groups of clean images of the report's test sets."""
     t = ctx.results.table
-    clean = t[(t["perturbation"] == ctx.results.clean[0]) & (t["level"] == ctx.results.clean[1])
-              & t["test"].isin(ctx.test)]
-    rows, data = [], []
+    return t[(t["perturbation"] == ctx.results.clean[0]) & (t["level"] == ctx.results.clean[1])
+             & t["test"].isin(ctx.test)]
+
+
+def trained_models(ctx: Context):
+    """(detector, label, training generator, seed, its clean groups) of every trained model
+    the report expects, in report order (no groups: not run)."""
+    clean = clean_groups(ctx)
     for det, label in ctx.labels.items():
         for g in ctx.train:
             for seed in ctx.spec["seeds"]:
-                c = clean[(clean["detector"] == det) & (clean["train"] == g)
-                          & (clean["seed"] == int(seed))]
-                if len(c):
-                    count, n = int(c["unlabelled"].sum()), int(c["n"].sum())
-                    share = 100 * count / n if n else math.nan
-                    rows.append([label, g, str(seed), f"{count:,}", f"{n:,}", f"{share:.2f}"])
-                else:
-                    count, n, share = None, None, math.nan
-                    rows.append([label, g, str(seed), "not run", "", ""])
-                data.append({"detector": det, "label": label, "train": g, "seed": seed,
-                             "unlabelled": count, "images": n, "share_pct": share})
+                yield det, label, g, seed, clean[(clean["detector"] == det)
+                                                 & (clean["train"] == g)
+                                                 & (clean["seed"] == int(seed))]
+
+
+def unlabelled(ctx: Context) -> Table:
+    """Images without a label from the detector, per cell, clean images (zeros kept)."""
+    rows, data = [], []
+    for det, label, g, seed, c in trained_models(ctx):
+        if len(c):
+            count, n = int(c["unlabelled"].sum()), int(c["n"].sum())
+            share = 100 * count / n if n else math.nan
+            rows.append([label, g, str(seed), f"{count:,}", f"{n:,}", f"{share:.2f}"])
+        else:
+            count, n, share = None, None, math.nan
+            rows.append([label, g, str(seed), "not run", "", ""])
+        data.append({"detector": det, "label": label, "train": g, "seed": seed,
+                     "unlabelled": count, "images": n, "share_pct": share})
     frame = pd.DataFrame(data).astype({"unlabelled": "Int64", "images": "Int64"})
     columns = [Column("detector", align="l"), Column("train", align="l"),
                Column("seed", align="l"), Column("unlabelled", align="r"),
