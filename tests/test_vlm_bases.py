@@ -79,3 +79,30 @@ def test_the_papers_targets_are_refused_where_they_miss_the_language_model(name)
     list matches nothing there (ViT-GPT2: only transformers 5's ViT encoder)."""
     with pytest.raises(ConfigError, match=r"^lora\.target_modules: \['q_proj', 'k_proj'\]"):
         describe_bilora(complete_detector(section(name, ["q_proj", "k_proj"])))
+
+
+@pytest.mark.parametrize("name", BASES.names())
+def test_caption_words_unknown_or_equal_are_config_errors_naming_the_key(name, tmp_path):
+    base = base_class(name)
+    folder = str(base.build_tiny(base.tiny_example, tmp_path / "base", seed=0))
+    for captions, match in [({"real": "zebra", "fake": "fake"},
+                             r"^captions\.real: 'zebra' is not in the vocabulary"),
+                            ({"real": "fake", "fake": "fake"},
+                             r"^captions: real and fake are the same token")]:
+        sec = {**section(name), "captions": captions}
+        with pytest.raises(ConfigError, match=match):
+            create_detector(sec, seed=0, base_dir=folder)
+    with pytest.raises(ConfigError, match=r"captions\.fake"):  # not one word: the schema's
+        complete_detector({**section(name), "captions": {"real": "real", "fake": "a fake"}})
+
+
+def test_a_caption_word_of_several_tokens_names_its_pieces():
+    from bilora.api.base_tools import word_tokenizer
+    from bilora.kinds.bilora.detector import caption_ids
+
+    tok = word_tokenizer(["<pad>", "</s>", "<unk>", "real", "fake", "-"], bos="</s>",
+                         pad="<pad>")
+    assert caption_ids(tok, {"real": "real", "fake": "fake"}, "b") == [3, 4]
+    with pytest.raises(ConfigError, match=r"^captions\.fake: 'real-fake' is 3 tokens "
+                       r"\('real' \+ '-' \+ 'fake'\) for the tokenizer of b"):
+        caption_ids(tok, {"real": "real", "fake": "real-fake"}, "b")

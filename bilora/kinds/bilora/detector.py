@@ -66,6 +66,31 @@ def name_base(folder: Path, base_path: str) -> None:
     conf_path.write_text(json.dumps(conf, indent=2, sort_keys=True))
 
 
+def caption_ids(tok: Any, captions: dict[str, str], base_path: str) -> list[int]:
+    """The token ids of the real and fake caption words; ConfigError naming ``captions.*``
+    when a word is empty, unknown to the tokenizer, more than one token (the logits readout
+    reads one position), or the same token as the other."""
+    from bilora.errors import ConfigError
+
+    ids = []
+    for name in ("real", "fake"):
+        word = captions[name]
+        got = tok(word, add_special_tokens=False).input_ids if word else []
+        if not got or (tok.unk_token_id is not None and tok.unk_token_id in got):
+            raise ConfigError(f"captions.{name}: {word!r} is not in the vocabulary of the "
+                              f"tokenizer of {base_path}")
+        if len(got) != 1:
+            pieces = " + ".join(repr(t) for t in tok.convert_ids_to_tokens(got))
+            raise ConfigError(f"captions.{name}: {word!r} is {len(got)} tokens ({pieces}) for "
+                              f"the tokenizer of {base_path}; the logits readout needs one: "
+                              "choose a word that is one token")
+        ids.append(got[0])
+    if ids[0] == ids[1]:
+        raise ConfigError(f"captions: real and fake are the same token ({ids[0]}) for the "
+                          f"tokenizer of {base_path}")
+    return ids
+
+
 def lora_module_names(model: torch.nn.Module) -> list[str]:
     """Names of every module of ``model`` that carries a LoRA adapter."""
     from peft.tuners.lora import LoraLayer
@@ -84,15 +109,7 @@ class BiLoRADetector(Detector):
         self.processor = processor
         self.base_path = base_path
         self.vlm = base_of(cfg)(model, processor, cfg, base_path)
-        tok = self.vlm.tokenizer()
-        self.word_ids = []
-        for name in ("real", "fake"):
-            word = cfg["captions"][name]
-            ids = tok(word, add_special_tokens=False).input_ids
-            if len(ids) != 1:
-                raise ValueError(f"caption word {word!r} (captions.{name}) is {len(ids)} tokens "
-                                 f"for the tokenizer of {base_path}; it must be exactly one")
-            self.word_ids.append(ids[0])
+        self.word_ids = caption_ids(self.vlm.tokenizer(), cfg["captions"], base_path)
 
     @property
     def input_size(self) -> int:
