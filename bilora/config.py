@@ -310,11 +310,13 @@ def _named_variants(det: str, base: dict[str, Any], key: str,
             if parent:
                 _get(section, parent, f"{where}.{name}")
             _set(section, dotted, value)
+        label = section.pop("label", None) if "label" in over else None
         section.pop("label", None)
         vid = f"{det}{VARIANT_MARK}{key}={name}"
         if vid in taken:
             raise ConfigError(f"{where}: the variant id {vid!r} is given twice")
-        info = {"base": det, "key": key, "value": name, "named": True}
+        info = {"base": det, "key": key, "value": name, "named": True,
+                **({"label": label} if label else {})}
         out[vid] = (section, {**info, "base_name": own[0]} if own else info)
     return out
 
@@ -389,6 +391,9 @@ def labels(cfg: dict[str, Any]) -> dict[str, str]:
     """Display name of every detector (the report's business only; default the id)."""
     out = {d: sec.get("label") or d for d, sec in cfg["detectors"].items()}
     for v, info in variants(cfg).items():
+        if info.get("label"):  # a named sweep's entry may name itself
+            out[v] = info["label"]
+            continue
         short = "poison" if info["key"] == POISON_KEY else info["key"].rsplit(".", 1)[-1]
         out[v] = f"{out[info['base']]} [{short}={_value_id(info['value'])}]"
     return out

@@ -36,9 +36,12 @@ def test_a_named_sweep_replaces_the_named_keys_only():
     assert variant["extra_trainable"] == [] and base["extra_trainable"]
     assert variant["train"] == base["train"] and "label" not in variant
     assert C.variants(cfg)[VID] == {"base": "bilora", "key": "base", "value": "vit-gpt2",
-                                    "named": True, "base_name": "blip-2"}
+                                    "named": True, "base_name": "blip-2",
+                                    "label": "Bi-LoRA (tiny random ViT-GPT2)"}
     assert C.report_spec(cfg)["variants"][VID]["base_value"] == "blip-2"
-    assert C.labels(cfg)[VID] == "Bi-LoRA (tiny random BLIP-2) [base=vit-gpt2]"
+    assert C.labels(cfg)[VID] == "Bi-LoRA (tiny random ViT-GPT2)"  # the entry's own label
+    del cfg["ablations"]["bilora"]["base"]["vit-gpt2"]["label"]
+    assert C.labels(C.validate(cfg))[VID] == "Bi-LoRA (tiny random BLIP-2) [base=vit-gpt2]"
     assert {c.detector for c in C.cells(cfg)} == {"bilora", VID, "resnet50", "xception"}
 
 
