@@ -42,8 +42,6 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 H100_BF16 = 989e12
 N_ADAPTERS = 7
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "decoder_layers", "encoder_layers")
@@ -193,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     from bilora.api.bases import BASES, base_class
 
     args = parse_args(argv)
+    # nothing is downloaded (set here, not on import: a test importing this module must not
+    # turn its whole session offline)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)

@@ -3,6 +3,7 @@ architecture, whose FLOPs, parameters and paper projection are the harness's own
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +15,15 @@ from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import vlm_bases as bench  # noqa: E402
+
+
+def test_importing_the_benchmark_leaves_the_environment_alone():
+    """This test module imports it: an offline switch set on import would reach every later
+    test of the session (it once made the hub-download tests fail)."""
+    code = ("import os, sys; sys.path.insert(0, 'benchmarks'); before = dict(os.environ); "
+            "import vlm_bases; sys.exit(dict(os.environ) != before)")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env).returncode == 0
 
 
 def test_quick_run_prints_a_row_per_base_with_its_own_sizing():
